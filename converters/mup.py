@@ -1,0 +1,202 @@
+"""Fold MiniCPM's muP scalars into the weights, giving a plain Llama (dense) or Mixtral (MoE).
+
+MiniCPM computes  h0 = embed[x] * scale_emb,  h += branch(h) * scale_depth / sqrt(L)  for every
+attention and MLP branch, and  logits = lm_head(norm(h) / (hidden_size / dim_model_base)).
+Every scalar sits next to a linear map, so multiplying it into that map's weight gives the same
+function with none of the scalars: embed *= scale_emb; o_proj, down_proj (experts' w2) *= residual
+scale; lm_head (or the tied embedding) /= hidden_size / dim_model_base. Arithmetic is float32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .checkpoint import Checkpoint
+from .errors import UserError
+
+
+@dataclass
+class OutTensor:
+    """A tensor of the output model: its name, shape and how to compute it on demand."""
+    name: str
+    shape: tuple[int, ...]
+    make: Callable[[], torch.Tensor]
+    source_dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class MupScales:
+    embedding: float
+    residual: float
+    logit: float  # the final hidden state is divided by this
+
+    @classmethod
+    def from_config(cls, config: dict, where) -> "MupScales":
+        missing = [k for k in ("scale_emb", "scale_depth", "dim_model_base") if config.get(k) is None]
+        if missing:
+            raise UserError(f"{where}: MiniCPM config lacks {', '.join(missing)} (needed to fold muP)")
+        return cls(
+            embedding=float(config["scale_emb"]),
+            residual=float(config["scale_depth"]) / math.sqrt(config["num_hidden_layers"]),
+            logit=config["hidden_size"] / float(config["dim_model_base"]),
+        )
+
+
+REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+
+
+def shapes(config: dict, family: str, where) -> dict[str, tuple[int, ...]]:
+    """Every tensor name a MiniCPM 1/2/MoE (or Llama/Mixtral) checkpoint must hold, with its shape."""
+    missing = [k for k in REQUIRED if not isinstance(config.get(k), int)]
+    if missing:
+        raise UserError(f"{where}: config lacks {', '.join(missing)}")
+    H, L, V, I = (config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"))
+    nh = config["num_attention_heads"]
+    nkv = config.get("num_key_value_heads") or nh
+    hd = config.get("head_dim") or H // nh
+    moe = family in ("minicpm-moe", "mixtral")
+    mlp = "block_sparse_moe" if family == "mixtral" else "mlp"
+    out = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        out |= {
+            p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+            p + "self_attn.q_proj.weight": (nh * hd, H), p + "self_attn.k_proj.weight": (nkv * hd, H),
+            p + "self_attn.v_proj.weight": (nkv * hd, H), p + "self_attn.o_proj.weight": (H, nh * hd),
+        }
+        if moe:
+            E = config.get("num_experts") or config.get("num_local_experts")
+            out[p + f"{mlp}.gate.weight"] = (E, H)
+            for e in range(E):
+                q = p + f"{mlp}.experts.{e}."
+                out |= {q + "w1.weight": (I, H), q + "w2.weight": (H, I), q + "w3.weight": (I, H)}
+        else:
+            out |= {p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
+                    p + "mlp.down_proj.weight": (H, I)}
+    return out
+
+
+def check_shapes(ckpt: Checkpoint, expected: dict[str, tuple[int, ...]]) -> None:
+    for name, shape in expected.items():
+        got = ckpt.info(name).shape
+        if got != shape:
+            raise UserError(
+                f"{ckpt.path}: tensor {name} has shape {list(got)} but config.json implies {list(shape)}")
+    ignorable = ("rotary_emb.inv_freq",)
+    extra = [n for n in ckpt.names if n not in expected and n != "lm_head.weight" and not n.endswith(ignorable)]
+    if extra:
+        raise UserError(f"{ckpt.path}: unexpected tensor {extra[0]} for a {ckpt.family} checkpoint")
+
+
+def tied(config: dict, ckpt: Checkpoint) -> bool:
+    # MiniCPM's config class defaults to tied embeddings, Llama's and Mixtral's to untied;
+    # a tied checkpoint may omit lm_head.
+    default = ckpt.family.startswith("minicpm")
+    return config.get("tie_word_embeddings", default) or "lm_head.weight" not in ckpt
+
+
+def _scaled(ckpt: Checkpoint, name: str, factor: float) -> Callable[[], torch.Tensor]:
+    return lambda: ckpt.get(name).to(torch.float32) * factor
+
+
+def _copied(ckpt: Checkpoint, name: str) -> Callable[[], torch.Tensor]:
+    return lambda: ckpt.get(name)
+
+
+def fold_rope_scaling(config: dict) -> dict | None:
+    """MiniCPM's rope_scaling as Llama reads it.
+
+    MiniCPM's LongRoPE builds its cos/sin cache once for max_position_embeddings and so uses
+    long_factor at every length whenever max_position_embeddings > original_max_position_embeddings;
+    transformers' Llama picks short or long by the current length. Writing the factor MiniCPM really
+    uses into both slots gives the same function at every length.
+    """
+    rs = config.get("rope_scaling")
+    if not rs:
+        return None
+    rs = dict(rs)
+    kind = rs.get("rope_type") or rs.get("type")
+    rs["rope_type"] = rs["type"] = kind
+    if kind == "longrope":
+        original = rs.get("original_max_position_embeddings") or config["max_position_embeddings"]
+        used = rs["long_factor"] if config["max_position_embeddings"] > original else rs["short_factor"]
+        rs["long_factor"], rs["short_factor"] = list(used), list(used)
+        rs["original_max_position_embeddings"] = original
+    return rs
+
+
+def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
+    """The Llama (dense) or Mixtral (MoE) config.json with the same function and no muP fields."""
+    if family in ("llama", "mixtral"):  # already plain: keep every field, untie the written head
+        out = {k: v for k, v in config.items() if k not in ("auto_map", "_name_or_path", "dtype")}
+        return out | {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
+    H, nh = config["hidden_size"], config["num_attention_heads"]
+    out = {
+        "architectures": ["MixtralForCausalLM" if family == "minicpm-moe" else "LlamaForCausalLM"],
+        "model_type": "mixtral" if family == "minicpm-moe" else "llama",
+        "hidden_size": H,
+        "intermediate_size": config["intermediate_size"],
+        "num_hidden_layers": config["num_hidden_layers"],
+        "num_attention_heads": nh,
+        "num_key_value_heads": config.get("num_key_value_heads") or nh,
+        "head_dim": config.get("head_dim") or H // nh,
+        "vocab_size": config["vocab_size"],
+        "max_position_embeddings": config.get("max_position_embeddings", 4096),
+        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
+        "rope_theta": config.get("rope_theta", 10000.0),
+        "rope_scaling": fold_rope_scaling(config),
+        "hidden_act": config.get("hidden_act", "silu"),
+        "initializer_range": config.get("initializer_range", 0.02),
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": config.get("bos_token_id", 1),
+        "eos_token_id": config.get("eos_token_id", 2),
+        "pad_token_id": config.get("pad_token_id"),
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    if family == "minicpm-moe":
+        out |= {"num_local_experts": config["num_experts"], "num_experts_per_tok": config["num_experts_per_tok"],
+                "router_aux_loss_coef": config.get("router_aux_loss_coef", 0.0), "sliding_window": None,
+                "output_router_logits": False}
+    else:
+        out["mlp_bias"] = False
+    return out
+
+
+def fold_plan(ckpt: Checkpoint) -> list[OutTensor]:
+    """The folded model's tensors, in order, each computed from the checkpoint when asked for."""
+    config, family = ckpt.config, ckpt.family
+    if family == "minicpm3":
+        raise UserError(
+            f"{ckpt.path}: MiniCPM3 uses multi-head latent attention, which has no Llama equivalent; "
+            "convert it with --to gguf, or load it directly (transformers has native minicpm3)", code=2)
+    expected = shapes(config, family, ckpt.path / "config.json")
+    check_shapes(ckpt, expected)
+    if family in ("llama", "mixtral"):
+        scales = MupScales(1.0, 1.0, 1.0)
+    else:
+        scales = MupScales.from_config(config, ckpt.path / "config.json")
+    plan = []
+    for name, shape in expected.items():
+        out_name = name.replace(".mlp.gate.", ".block_sparse_moe.gate.").replace(
+            ".mlp.experts.", ".block_sparse_moe.experts.")
+        if name == "model.embed_tokens.weight" and scales.embedding != 1.0:
+            make = _scaled(ckpt, name, scales.embedding)
+        elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")) and scales.residual != 1.0:
+            make = _scaled(ckpt, name, scales.residual)
+        else:
+            make = _copied(ckpt, name)
+        plan.append(OutTensor(out_name, shape, make, ckpt.info(name).dtype))
+    head_src = "model.embed_tokens.weight" if tied(config, ckpt) else "lm_head.weight"
+    head_shape = (config["vocab_size"], config["hidden_size"])
+    if ckpt.info(head_src).shape != head_shape:
+        raise UserError(f"{ckpt.path}: tensor {head_src} has shape {list(ckpt.info(head_src).shape)} "
+                        f"but config.json implies {list(head_shape)}")
+    make = _scaled(ckpt, head_src, 1.0 / scales.logit) if scales.logit != 1.0 else _copied(ckpt, head_src)
+    plan.append(OutTensor("lm_head.weight", head_shape, make, ckpt.info(head_src).dtype))
+    return plan

@@ -1,0 +1,79 @@
+"""Tokenizer files: copy them without remote code, and load them the way the model was trained.
+
+MiniCPM's sentencepiece models are built without a dummy prefix (`<用户>Tell` -> `<`,`用户`,`>`,`Tell`),
+but transformers' converted fast tokenizer prepends `▁` unless told otherwise, and MiniCPM3/4's
+shipped tokenizer.json carries a `Prepend ▁` normalizer. Where tokenizer.model exists it is the
+truth: we load it with `add_prefix_space` set from the model's own normalizer spec, and write that
+setting into every output so each backend (HF, GGUF) produces the same ids.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+from .checkpoint import TOKENIZER_FILES, read_json
+from .errors import UserError
+
+
+@lru_cache(maxsize=8)
+def sp_adds_dummy_prefix(model_file: Path) -> bool:
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    try:
+        proto.ParseFromString(Path(model_file).read_bytes())
+    except Exception as exc:
+        raise UserError(f"{model_file}: not a sentencepiece model ({exc})") from None
+    return proto.normalizer_spec.add_dummy_prefix
+
+
+def copy_tokenizer_files(src: Path, out: Path) -> list[str]:
+    """Copy tokenizer and generation files, dropping remote-code hooks; return the names written."""
+    written = []
+    sp_model = src / "tokenizer.model"
+    for name in TOKENIZER_FILES:
+        path = src / name
+        if not path.is_file():
+            continue
+        if name == "tokenizer.json" and sp_model.is_file():
+            continue  # rebuilt from tokenizer.model by transformers, with the prefix setting below
+        if name == "tokenizer_config.json":
+            config = read_json(path)
+            config.pop("auto_map", None)
+            if sp_model.is_file():
+                config["tokenizer_class"] = "LlamaTokenizer"  # MiniCPMTokenizer is a LlamaTokenizer
+                config["add_prefix_space"] = sp_adds_dummy_prefix(sp_model)
+            (out / name).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        else:
+            shutil.copyfile(path, out / name)
+        written.append(name)
+    return written
+
+
+def load_tokenizer(folder: Path):
+    """A transformers tokenizer for a model folder, never running code from it."""
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    sp_model = folder / "tokenizer.model"
+    try:
+        if sp_model.is_file():
+            return LlamaTokenizer.from_pretrained(folder, add_prefix_space=sp_adds_dummy_prefix(sp_model))
+        if (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(folder)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{folder}: tokenizer cannot be loaded ({exc})") from None
+    raise UserError(f"{folder}: no tokenizer (tokenizer.model or tokenizer.json)")
+
+
+def chat_template(folder: Path) -> str | None:
+    path = folder / "tokenizer_config.json"
+    template = read_json(path).get("chat_template") if path.is_file() else None
+    jinja = folder / "chat_template.jinja"
+    if template is None and jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    return template

@@ -1,0 +1,52 @@
+"""The `minicpm` command: parse arguments, call a stage, render its result."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.24 vendors its own click
+    import typer._click as click
+except ImportError:  # pragma: no cover
+    import click
+
+app = typer.Typer(
+    name="minicpm",
+    help="Convert, quantize, measure and chat with MiniCPM models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Convert, quantize, measure and chat with MiniCPM models."""
+
+
+# Each verb lives in its own module and registers itself on `app`.
+from . import convert  # noqa: E402,F401
+
+
+def main() -> None:
+    """Entry point: usage errors are one stderr line and exit 2, like every other bad input."""
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())
+        code = 0
+    except click.exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "minicpm"
+        message = exc.format_message().replace("Value error, ", "")
+        print(f"error: {where}: {message} (see '{where} --help')", file=sys.stderr)
+        code = 2
+    except click.exceptions.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        code = exc.exit_code
+    except typer.Abort:
+        code = 130
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

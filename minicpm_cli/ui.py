@@ -1,0 +1,62 @@
+"""Rich output shared by the verbs: one console for results, stderr for errors and progress."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.table import Table
+
+from converters.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def stage(fn):
+    """Run a verb: a UserError becomes one stderr line and its exit code; Ctrl-C exits 130."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]: nothing was written", highlight=False)
+            raise typer.Exit(130) from None
+    return run
+
+
+@contextlib.contextmanager
+def byte_progress(total: int, description: str):
+    """A progress bar over bytes; yields a callback (name, nbytes) for the stages to call."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeElapsedColumn(), console=err_console) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda name, n: progress.advance(task, n)
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="left" if c == columns[0] else "right")
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    return t
+
+
+def write_json(path, data) -> None:
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

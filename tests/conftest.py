@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
+
+
+def shared_path(*parts: str) -> Path:
+    """A file from ../shared; its absence is a failure, never a skip (CI always has it)."""
+    path = SHARED.joinpath(*parts)
+    assert path.exists(), f"{path} is missing: tests need ../shared beside the project root"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """tiny(family, trained=False, **kw) -> path of a cached tiny MiniCPM checkpoint."""
+    from converters.tiny import make_tiny
+
+    cache: dict = {}
+
+    def get(family: str = "dense-gqa-tied", trained: bool = False, **kw) -> Path:
+        key = (family, trained, tuple(sorted(kw.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("tiny") / family
+            text = shared_path("data", "wikitext-2-raw-v1", "train-subset-500.parquet") if trained else None
+            cache[key] = make_tiny(out, family, train_steps=300 if trained else 0, text=text, **kw)
+        return cache[key]
+
+    return get
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self):
+        return f"CliResult(code={self.code}, err={self.err!r})"
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `minicpm ARGS...` in-process; return exit code, stdout, stderr."""
+    from minicpm_cli.app import main
+
+    def run(*args) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["minicpm", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def assert_one_line_error(result: CliResult, *needles: str, code: int | None = None) -> None:
+    assert result.code != 0, result
+    if code is not None:
+        assert result.code == code, result
+    lines = [l for l in result.err.splitlines() if l.strip()]
+    assert len(lines) == 1, f"expected one stderr line, got: {result.err!r}"
+    assert "Traceback" not in result.err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"

@@ -1,0 +1,105 @@
+"""An independent MiniCPM forward, written from the published formulas for these tests only.
+
+It shares no code with the project: weights come straight from the checkpoint's safetensors, and
+every step (muP scalars, RoPE incl. LongRoPE, GQA, MoE routing) is spelled out here.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def load_minicpm(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    weights = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        weights.update({k: v.float() for k, v in load_file(f).items()})
+    if not weights:
+        weights = {k: v.float() for k, v in torch.load(folder / "pytorch_model.bin", weights_only=True).items()}
+    return config, weights
+
+
+def _rms(x, w, eps):
+    return w * (x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps))
+
+
+def _rope_tables(config: dict, positions: int, head_dim: int):
+    base = config.get("rope_theta", 10000.0)
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    inv_freq = base ** (-exponents)
+    scale = 1.0
+    rs = config.get("rope_scaling") or {}
+    if (rs.get("rope_type") or rs.get("type")) == "longrope":
+        max_pos = config["max_position_embeddings"]
+        orig = rs["original_max_position_embeddings"]
+        factors = rs["long_factor"] if max_pos > orig else rs["short_factor"]
+        inv_freq = inv_freq / torch.tensor(factors, dtype=torch.float64)
+        if max_pos > orig:
+            scale = math.sqrt(1 + math.log(max_pos / orig) / math.log(orig))
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return (angles.cos() * scale).float(), (angles.sin() * scale).float()
+
+
+def _rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def _attention(x, w, prefix, config, cos, sin):
+    T, H = x.shape
+    n_heads = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads") or n_heads
+    d = H // n_heads
+    q = (x @ w[prefix + "q_proj.weight"].t()).reshape(T, n_heads, d).permute(1, 0, 2)
+    k = (x @ w[prefix + "k_proj.weight"].t()).reshape(T, n_kv, d).permute(1, 0, 2)
+    v = (x @ w[prefix + "v_proj.weight"].t()).reshape(T, n_kv, d).permute(1, 0, 2)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    group = n_heads // n_kv
+    k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)
+    scores = torch.einsum("htd,hsd->hts", q, k) / math.sqrt(d)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.einsum("hts,hsd->htd", scores.softmax(dim=-1), v)
+    return out.permute(1, 0, 2).reshape(T, n_heads * d) @ w[prefix + "o_proj.weight"].t()
+
+
+def _mlp(x, w, prefix, config):
+    if config.get("num_experts"):
+        router = (x @ w[prefix + "gate.weight"].t()).softmax(dim=-1)
+        top_w, top_i = router.topk(config["num_experts_per_tok"], dim=-1)
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(x)
+        for t in range(x.shape[0]):
+            for weight, e in zip(top_w[t], top_i[t]):
+                p = prefix + f"experts.{int(e)}."
+                xt = x[t]
+                hidden = torch.nn.functional.silu(w[p + "w1.weight"] @ xt) * (w[p + "w3.weight"] @ xt)
+                out[t] += weight * (w[p + "w2.weight"] @ hidden)
+        return out
+    gate = torch.nn.functional.silu(x @ w[prefix + "gate_proj.weight"].t())
+    return (gate * (x @ w[prefix + "up_proj.weight"].t())) @ w[prefix + "down_proj.weight"].t()
+
+
+@torch.no_grad()
+def minicpm_logits(config: dict, w: dict[str, torch.Tensor], ids: list[int]) -> torch.Tensor:
+    """Logits [T, vocab] of a MiniCPM 1/2/4 or MiniCPM-MoE checkpoint, float32."""
+    L, H, eps = config["num_hidden_layers"], config["hidden_size"], config["rms_norm_eps"]
+    branch_scale = config["scale_depth"] / math.sqrt(L)
+    h = w["model.embed_tokens.weight"][torch.tensor(ids)] * config["scale_emb"]
+    cos, sin = _rope_tables(config, len(ids), H // config["num_attention_heads"])
+    for i in range(L):
+        p = f"model.layers.{i}."
+        h = h + branch_scale * _attention(_rms(h, w[p + "input_layernorm.weight"], eps), w, p + "self_attn.",
+                                          config, cos, sin)
+        h = h + branch_scale * _mlp(_rms(h, w[p + "post_attention_layernorm.weight"], eps), w, p + "mlp.", config)
+    h = _rms(h, w["model.norm.weight"], eps) / (H / config["dim_model_base"])
+    tied = config.get("tie_word_embeddings", True) or "lm_head.weight" not in w
+    head = w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]
+    return h @ head.t()

@@ -1,0 +1,153 @@
+"""`minicpm convert --to llama`: the folded model computes what MiniCPM computes."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import shared_path
+from reference import load_minicpm, minicpm_logits
+
+IDS = [1] + [int(i) for i in torch.randint(3, 2000, (63,), generator=torch.Generator().manual_seed(7))]
+DENSE = ["dense-gqa-tied", "dense-mha-untied", "minicpm4", "moe"]
+
+
+def hf_logits(folder, dtype=torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    with torch.no_grad():
+        return model(torch.tensor([IDS])).logits[0].float(), model
+
+
+@pytest.mark.parametrize("family", DENSE)
+def test_folded_f32_matches_reference(family, tiny, cli, tmp_path):
+    src = tiny(family)
+    out = tmp_path / "llama"
+    result = cli("convert", src, "--to", "llama", "-o", out, "--dtype", "f32")
+    assert result.code == 0, result
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == ("mixtral" if family == "moe" else "llama")
+    assert config["tie_word_embeddings"] is False
+    assert not {"scale_emb", "scale_depth", "dim_model_base", "auto_map"} & set(config)
+    reference = minicpm_logits(*load_minicpm(src), IDS)
+    logits, model = hf_logits(out)
+    assert type(model).__name__ == ("MixtralForCausalLM" if family == "moe" else "LlamaForCausalLM")
+    err = (logits - reference).abs().max().item()
+    assert err <= 1e-4 * reference.abs().max().item(), err
+
+
+@pytest.mark.parametrize("family", ["dense-gqa-tied", "moe"])
+def test_folded_bf16_within_bf16_tolerance(family, tiny, cli, tmp_path):
+    src = tiny(family)
+    out = tmp_path / "llama"
+    assert cli("convert", src, "--to", "llama", "-o", out).code == 0  # auto keeps the checkpoint's bf16
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert f.get_tensor("lm_head.weight").dtype == torch.bfloat16
+    reference = minicpm_logits(*load_minicpm(src), IDS)
+    logits, _ = hf_logits(out, torch.bfloat16)
+    assert (logits - reference).abs().max().item() <= 0.05 * reference.abs().max().item()
+    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    assert agree >= 0.9, agree
+
+
+def test_longrope_past_original_length_uses_long_factor(tiny, cli, tmp_path):
+    """max_position_embeddings > original: MiniCPM uses long_factor and sqrt(1+ln s/ln L0) everywhere."""
+    src = tmp_path / "minicpm4-long"
+    shutil.copytree(tiny("minicpm4"), src)
+    config = json.loads((src / "config.json").read_text())
+    config["max_position_embeddings"] = 4096
+    config["rope_scaling"]["long_factor"] = [1.0 + 0.4 * i for i in range(32)]
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "llama"
+    assert cli("convert", src, "--to", "llama", "-o", out, "--dtype", "f32").code == 0
+    reference = minicpm_logits(*load_minicpm(src), IDS)
+    logits, _ = hf_logits(out)
+    assert (logits - reference).abs().max().item() <= 1e-4 * reference.abs().max().item()
+
+
+def test_shards_and_index_round_trip(tiny, cli, tmp_path):
+    src = tiny("dense-mha-untied")
+    out = tmp_path / "llama"
+    assert cli("convert", src, "--to", "llama", "-o", out, "--dtype", "f32", "--max-shard-size", "3MB").code == 0
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 3 and shards == sorted(p.name for p in out.glob("model-*.safetensors"))
+    config, w = load_minicpm(src)
+    residual = config["scale_depth"] / config["num_hidden_layers"] ** 0.5
+    expected = {k: v for k, v in w.items()}
+    expected["model.embed_tokens.weight"] = w["model.embed_tokens.weight"] * config["scale_emb"]
+    expected["lm_head.weight"] = w["lm_head.weight"] / (config["hidden_size"] / config["dim_model_base"])
+    for k in w:
+        if k.endswith(("o_proj.weight", "down_proj.weight")):
+            expected[k] = w[k] * residual
+    total = 0
+    seen = set()
+    for shard in shards:
+        with safe_open(out / shard, "pt") as f:
+            for name in f.keys():
+                assert index["weight_map"][name] == shard
+                t = f.get_tensor(name)
+                total += t.numel() * t.element_size()
+                torch.testing.assert_close(t, expected[name], rtol=1e-6, atol=0)
+                seen.add(name)
+    assert seen == set(expected) and total == index["metadata"]["total_size"]
+
+
+def test_bin_weights_convert_like_safetensors(tiny, cli, tmp_path):
+    src = tiny("dense-gqa-tied", weights_format="bin")
+    assert (src / "pytorch_model.bin").exists() and not list(src.glob("*.safetensors"))
+    out = tmp_path / "llama"
+    assert cli("convert", src, "--to", "llama", "-o", out, "--dtype", "f32").code == 0
+    reference = minicpm_logits(*load_minicpm(src), IDS)
+    logits, _ = hf_logits(out)
+    assert (logits - reference).abs().max().item() <= 1e-4 * reference.abs().max().item()
+
+
+MIXED = "<用户>Tell me about 北京 in 2 words.  Ok\n<AI>北京是中国的首都。 Thanks!"
+
+
+@pytest.mark.parametrize("tokenizer", [None, "MiniCPM-2B-sft-bf16", "MiniCPM4-8B"])
+def test_tokenizer_round_trip_keeps_sentencepiece_ids(tokenizer, tiny, cli, tmp_path):
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    kw = {"tokenizer": shared_path("minicpm-hf", tokenizer)} if tokenizer else {}
+    src = tiny("minicpm4" if tokenizer == "MiniCPM4-8B" else "dense-gqa-tied", **kw)
+    out = tmp_path / "llama"
+    assert cli("convert", src, "--to", "llama", "-o", out).code == 0
+    sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
+    converted = AutoTokenizer.from_pretrained(out)  # what a user of the output gets, no remote code
+    assert converted(MIXED)["input_ids"] == [1] + sp.encode(MIXED)
+    assert converted.decode(sp.encode(MIXED)) == MIXED
+    source_cfg = json.loads((src / "tokenizer_config.json").read_text())
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == source_cfg["chat_template"]
+
+
+def test_minicpm3_is_refused_with_a_pointer_to_gguf(tiny, cli, tmp_path):
+    result = cli("convert", tiny("minicpm3"), "--to", "llama", "-o", tmp_path / "x")
+    assert result.code == 2 and "--to gguf" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "x").exists()
+
+
+def test_minicpm3_tiny_loads_in_native_transformers(tiny):
+    """The tiny MiniCPM3 layout is what transformers' own MiniCPM3ForCausalLM expects."""
+    from transformers import MiniCPM3Config, MiniCPM3ForCausalLM
+
+    src = tiny("minicpm3")
+    config = json.loads((src / "config.json").read_text())
+    # transformers 5.17's MLA scaling reads rope_parameters["factor"], absent from the published config
+    config["rope_scaling"]["factor"] = 1.0
+    model, info = MiniCPM3ForCausalLM.from_pretrained(
+        src, config=MiniCPM3Config(**config), dtype=torch.float32, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    _, weights = load_minicpm(src)
+    state = model.state_dict()
+    for name, value in weights.items():
+        torch.testing.assert_close(state[name], value)
+    logits = model(torch.tensor([IDS])).logits
+    assert torch.isfinite(logits).all()
