@@ -25,7 +25,7 @@ def _root() -> None:
 
 
 # Each verb lives in its own module and registers itself on `app`.
-from . import convert  # noqa: E402,F401
+from . import chat, convert, eval_ppl, quantize  # noqa: E402,F401
 
 
 def main() -> None:

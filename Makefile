@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# llama.cpp (through llama-cpp-python) compiles once, portable build; pip caches the wheel.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+DEMO ?= demo
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# pinned CPU build of torch; an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,quant,gguf-runtime]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO)
+
+clean:
+	rm -rf $(VENV) $(DEMO)

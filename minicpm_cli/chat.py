@@ -1,0 +1,2 @@
+"""`minicpm chat` (in progress)."""
+from .app import app  # noqa: F401

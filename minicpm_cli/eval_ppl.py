@@ -1,0 +1,2 @@
+"""`minicpm eval_ppl` (in progress)."""
+from .app import app  # noqa: F401

@@ -1,0 +1,2 @@
+"""`minicpm quantize` (in progress)."""
+from .app import app  # noqa: F401

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""Write a tiny MiniCPM checkpoint in the published layout (optionally trained briefly on real text).
+
+    python scripts/make_tiny_minicpm.py OUT [--family dense-gqa-tied] [--train-steps 300] [--text FILE]
+"""
+import argparse
+
+from converters.tiny import FAMILIES, make_tiny
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output folder (must not exist)")
+    p.add_argument("--family", choices=FAMILIES, default="dense-gqa-tied")
+    p.add_argument("--train-steps", type=int, default=0, help="train a dense model this many steps")
+    p.add_argument("--text", help="training text (.txt or .parquet with a text column); "
+                                   "default: the Python standard library's documentation topics")
+    p.add_argument("--tokenizer", help="copy a real tokenizer from this folder instead of training one")
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--weights", choices=("safetensors", "bin"), default="safetensors")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    out = make_tiny(a.out, a.family, tokenizer=a.tokenizer, train_steps=a.train_steps, text=a.text,
+                    seed=a.seed, vocab_size=a.vocab_size, weights_format=a.weights, log=print)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
