@@ -41,10 +41,32 @@ def folded_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = {t.name: t.make().to(dtype) for t in plan}
+    if config.model_type == "mixtral":
+        state = fuse_experts(state, config.num_local_experts)
     model.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers (RoPE inverse frequencies) were made on the meta device: rebuild them.
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
     return model.eval()
+
+
+def fuse_experts(state: dict, n_experts: int) -> dict:
+    """Checkpoint-layout Mixtral experts (w1, w2, w3 per expert) in transformers 5's fused layout.
+
+    transformers 5 keeps experts as mlp.experts.gate_up_proj [E, 2I, H] (w1 rows then w3 rows) and
+    mlp.experts.down_proj [E, H, I]; from_pretrained converts on load, load_state_dict does not.
+    """
+    out = {}
+    for name, value in state.items():
+        if ".block_sparse_moe.experts." in name:
+            continue
+        out[name.replace(".block_sparse_moe.gate.", ".mlp.gate.")] = value
+    layers = {n.split(".block_sparse_moe.")[0] for n in state if ".block_sparse_moe.experts." in n}
+    for layer in layers:
+        e = [f"{layer}.block_sparse_moe.experts.{i}." for i in range(n_experts)]
+        out[f"{layer}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([state[p + "w1.weight"], state[p + "w3.weight"]]) for p in e])
+        out[f"{layer}.mlp.experts.down_proj"] = torch.stack([state[p + "w2.weight"] for p in e])
+    return out
 
 
 def minicpm3_config(config: dict):
