@@ -25,7 +25,7 @@ def _root() -> None:
 
 
 # Each verb lives in its own module and registers itself on `app`.
-from . import chat, convert, eval_ppl, quantize  # noqa: E402,F401
+from . import chat, convert, eval_ppl, inspect, quantize  # noqa: E402,F401
 
 
 def main() -> None:
@@ -47,6 +47,3 @@ def main() -> None:
         code = 130
     sys.exit(code or 0)
 
-
-if __name__ == "__main__":
-    main()

@@ -34,17 +34,19 @@ def stage(fn):
 
 @contextlib.contextmanager
 def byte_progress(total: int, description: str):
-    """A progress bar over bytes; yields a callback (name, nbytes) for the stages to call."""
+    """A progress bar over bytes (terminals only); yields a callback (name, nbytes) for the stages."""
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeElapsedColumn(), console=err_console) as progress:
+                  TimeElapsedColumn(), console=err_console, disable=not err_console.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         yield lambda name, n: progress.advance(task, n)
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> Table:
+    """A rich table; columns whose cells are all numbers are right-aligned."""
     t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="left" if c == columns[0] else "right")
+    for i, c in enumerate(columns):
+        numeric = rows and all(isinstance(r[i], (int, float)) for r in rows)
+        t.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         t.add_row(*[str(x) for x in r])
     return t

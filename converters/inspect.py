@@ -1,0 +1,132 @@
+"""`minicpm inspect`: what a model folder or GGUF file holds, read from metadata only."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from .checkpoint import Checkpoint, model_folder, read_json
+from .errors import UsageError, UserError
+from .mup import shapes
+
+
+def disk_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _rope(config: dict) -> str:
+    rs = config.get("rope_scaling") or {}
+    kind = rs.get("rope_type") or rs.get("type")
+    theta = config.get("rope_theta", 10000.0)
+    return f"{kind} (theta {theta:g})" if kind else f"default (theta {theta:g})"
+
+
+def _quantization(config: dict) -> str:
+    q = config.get("quantization_config")
+    if not q:
+        return "none"
+    method = q.get("quant_method", "?")
+    if method == "bitsandbytes":
+        return f"bitsandbytes {q.get('bnb_4bit_quant_type', 'nf4') if q.get('load_in_4bit') else 'int8'}"
+    groups = (q.get("config_groups") or {}).values()
+    for g in groups:
+        w = g.get("weights") or {}
+        return f"{method} {q.get('format', '')} w{w.get('num_bits')} group {w.get('group_size')}".replace("  ", " ")
+    return method
+
+
+def _tokenizer(folder: Path) -> tuple[str, int | None]:
+    if (folder / "tokenizer.model").is_file():
+        from .tokenizer import load_tokenizer
+
+        return "sentencepiece", len(load_tokenizer(folder))
+    if (folder / "tokenizer.json").is_file():
+        import json
+
+        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+        return model.get("type", "?").lower(), len(model.get("vocab", {}))
+    return "none", None
+
+
+def inspect_folder(path: Path) -> dict:
+    folder = model_folder(path)
+    config = read_json(folder / "config.json")
+    quantized = "quantization_config" in config
+    if quantized:  # packed tensors do not show the parameter count: derive it from the config
+        family = config.get("model_type", "?")
+        params = sum(_numel(s) for s in shapes(config, family, folder / "config.json").values())
+        params += 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
+        dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
+    else:
+        ckpt = Checkpoint(folder)
+        family = ckpt.family
+        params = sum(_numel(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
+        dtypes = sorted({str(ckpt.info(n).dtype).removeprefix("torch.") for n in ckpt.names})
+    tok_kind, tok_size = _tokenizer(folder)
+    from .tokenizer import chat_template
+
+    mup = {k: config[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in config}
+    return {
+        "path": str(folder), "format": "hf", "family": family,
+        "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
+        "parameters": params, "dtypes": dtypes, "mup": mup,
+        "quantization": _quantization(config),
+        "context_length": config.get("max_position_embeddings"), "rope": _rope(config),
+        "tokenizer": tok_kind, "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
+        "size_bytes": disk_size(folder),
+    }
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def inspect_gguf(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable GGUF file ({exc})") from None
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    arch = meta.get("general.architecture", "?")
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    mup = {k.removeprefix(f"{arch}."): meta[k] for k in
+           (f"{arch}.embedding_scale", f"{arch}.residual_scale", f"{arch}.logit_scale") if k in meta}
+    rope = meta.get(f"{arch}.rope.scaling.type")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    return {
+        "path": str(path), "format": "gguf", "family": arch, "architecture": arch,
+        "parameters": sum(int(t.n_elements) for t in reader.tensors),
+        "dtypes": [f"{name} x{n}" for name, n in types.most_common()], "mup": mup,
+        "quantization": _gguf_file_type(meta.get("general.file_type")),
+        "context_length": meta.get(f"{arch}.context_length"),
+        "rope": f"{rope or 'default'} (theta {meta.get(f'{arch}.rope.freq_base', 10000.0):g})",
+        "tokenizer": meta.get("tokenizer.ggml.model", "none"), "vocab_size": len(tokens) if tokens else None,
+        "chat_template": "tokenizer.chat_template" in meta, "size_bytes": path.stat().st_size,
+    }
+
+
+def _gguf_file_type(value) -> str:
+    if value is None:
+        return "unknown"
+    from gguf import LlamaFileType
+
+    try:
+        return LlamaFileType(int(value)).name.removeprefix("MOSTLY_").lower()
+    except ValueError:
+        return str(value)
+
+
+def inspect_model(path: Path | str) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or directory")
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UsageError(f"{path}: neither a model folder nor a GGUF file")
+        return inspect_gguf(path)
+    return inspect_folder(path)

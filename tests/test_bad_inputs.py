@@ -1,0 +1,206 @@
+"""The bad-input matrix: every row is one clear stderr line, exit 2 (usage) or 1 (runtime), no
+traceback, and nothing partial left on disk.
+
+| row                                   | expected                                           |
+|---------------------------------------|----------------------------------------------------|
+| nonexistent path                      | 2, "no such file or directory"                     |
+| a file where a folder is expected     | 2, "expected a model folder"                       |
+| folder without config.json            | 2, "no config.json"                                |
+| config.json that is not JSON          | 1, "config.json: not valid JSON"                   |
+| config of another architecture (GPT-2)| 2, "architecture GPT2LMHeadModel is not supported" |
+| MiniCPM config without scale_emb      | 1, "lacks scale_emb"                               |
+| index naming a missing shard          | 1, "<shard>: shard named in ... is missing"        |
+| safetensors truncated in the middle   | 1, "<file>: truncated safetensors file"            |
+| tensor shape disagreeing with config  | 1, "<tensor> has shape [...] but config.json ..."  |
+| GGUF truncated                        | 1, "<file>: not a readable GGUF file"              |
+| OUT exists                            | 2, "already exists (use --force ...)"              |
+| OUT in a read-only folder             | 1, "not writable"                                  |
+| disk full during write                | 1, "could not write output: No space left"         |
+| Ctrl-C (SIGINT) mid-conversion        | 130, "interrupted", no OUT, no temporary           |
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, assert_one_line_error
+
+
+def leftovers(folder: Path, name: str) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name == name or p.name.startswith(f".{name}.tmp-")]
+
+
+def convert(cli, src, out, *extra):
+    result = cli("convert", src, "--to", "llama", "-o", out, *extra)
+    assert not leftovers(Path(out).parent, Path(out).name), "partial output left behind"
+    return result
+
+
+@pytest.fixture
+def model(tiny, tmp_path):
+    """A private copy of a tiny MiniCPM, free to damage."""
+    dst = tmp_path / "model"
+    shutil.copytree(tiny("dense-mha-untied"), dst)
+    return dst
+
+
+def edit_config(folder: Path, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            config.pop(k, None)
+        else:
+            config[k] = v
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_nonexistent_path(cli, tmp_path):
+    r = convert(cli, tmp_path / "nope", tmp_path / "out")
+    assert_one_line_error(r, "nope", "no such file or directory", code=2)
+
+
+def test_file_where_folder_expected(cli, model, tmp_path):
+    r = convert(cli, model / "config.json", tmp_path / "out")
+    assert_one_line_error(r, "config.json", "expected a model folder", code=2)
+
+
+def test_missing_config_json(cli, model, tmp_path):
+    (model / "config.json").unlink()
+    assert_one_line_error(convert(cli, model, tmp_path / "out"), str(model), "no config.json", code=2)
+
+
+def test_config_not_json(cli, model, tmp_path):
+    (model / "config.json").write_text('{"hidden_size": 256,')
+    assert_one_line_error(convert(cli, model, tmp_path / "out"), "config.json", "not valid JSON", code=1)
+
+
+def test_config_of_another_architecture(cli, model, tmp_path):
+    edit_config(model, architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    r = convert(cli, model, tmp_path / "out")
+    assert_one_line_error(r, "config.json", "architecture GPT2LMHeadModel is not supported", code=2)
+
+
+def test_config_without_scale_emb(cli, model, tmp_path):
+    edit_config(model, scale_emb=None)
+    assert_one_line_error(convert(cli, model, tmp_path / "out"), "config.json", "lacks scale_emb", code=1)
+
+
+def test_index_naming_a_missing_shard(cli, model, tmp_path):
+    shard = sorted(model.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    r = convert(cli, model, tmp_path / "out")
+    assert_one_line_error(r, shard.name, "shard named in model.safetensors.index.json is missing", code=1)
+
+
+def test_safetensors_truncated_in_the_middle(cli, model, tmp_path):
+    shard = sorted(model.glob("model-*.safetensors"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(convert(cli, model, tmp_path / "out"), shard.name, "truncated safetensors", code=1)
+
+
+def test_tensor_shape_disagreeing_with_config(cli, model, tmp_path):
+    edit_config(model, intermediate_size=1024)
+    r = convert(cli, model, tmp_path / "out")
+    assert_one_line_error(r, "mlp.gate_proj.weight", "has shape [768, 256]", "[1024, 256]", code=1)
+
+
+def test_truncated_gguf(cli, tmp_path):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "model.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((64, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+    assert_one_line_error(cli("inspect", path), "model.gguf", "not a readable GGUF file", code=1)
+
+
+def test_out_exists_refused_unless_force(cli, model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = cli("convert", model, "--to", "llama", "-o", out)
+    assert_one_line_error(r, "already exists", "--force", code=2)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert cli("convert", model, "--to", "llama", "-o", out, "--force").code == 0
+    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mounted(options) -> a fresh tmpfs folder (read-only or tiny): real file-system failures."""
+    points = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"mnt{len(points)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        assert done.returncode == 0, f"tests need to mount a tmpfs (root): {done.stderr.decode()}"
+        points.append(point)
+        return point
+
+    yield mount
+    for point in points:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_out_in_read_only_folder(cli, model, mounted):
+    folder = mounted("ro,size=1m")
+    assert_one_line_error(convert(cli, model, folder / "out"), str(folder), "not writable", code=1)
+
+
+def test_disk_full_during_write(cli, model, mounted):
+    folder = mounted("size=2m")  # the f32 output needs ~16 MB
+    r = convert(cli, model, folder / "out", "--dtype", "f32")
+    assert_one_line_error(r, "out", "could not write output", "No space left", code=1)
+    assert list(folder.iterdir()) == []
+
+
+def big_checkpoint(folder: Path) -> Path:
+    """A ~400 MB MiniCPM (values irrelevant) so a conversion lasts long enough to interrupt."""
+    from safetensors.torch import save_file
+
+    from converters.tiny import base_config, weight_shapes
+
+    folder.mkdir()
+    config = base_config("dense-mha-untied", 32000) | {"hidden_size": 1024, "intermediate_size": 4096,
+                                                       "num_attention_heads": 8, "num_key_value_heads": 8,
+                                                       "num_hidden_layers": 8}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({n: torch.full(s, 0.01, dtype=torch.bfloat16) for n, s in weight_shapes(config).items()},
+              folder / "model.safetensors")
+    return folder
+
+
+def test_ctrl_c_mid_conversion_leaves_nothing(tmp_path):
+    src = big_checkpoint(tmp_path / "big")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "minicpm_cli", "convert", str(src), "--to", "llama", "-o", str(out),
+           "--dtype", "f32", "--max-shard-size", "100MB"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(p.name.startswith(".out.tmp-") and any(p.iterdir()) for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.time() < deadline, "conversion ended before it could be interrupted"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert lines == ["interrupted: nothing was written"], err
+    assert leftovers(tmp_path, "out") == []
