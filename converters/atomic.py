@@ -24,19 +24,30 @@ def check_output(out: Path, force: bool) -> None:
         raise UserError(f"{parent}: output folder is not writable", code=1)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(out: Path, force: bool = False, is_dir: bool = True):
-    """Yield a temporary path beside `out`; on success it replaces `out`, on any failure it is removed."""
+    """Yield a temporary path beside `out`; on success it replaces `out`, on any failure it is removed.
+
+    mkdtemp/mkstemp create 0700/0600 entries; the output gets the permissions a plain mkdir/open would.
+    """
     out = Path(out)
     check_output(out, force)
     parent = out.absolute().parent
     prefix = f".{out.name}.tmp-"
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        tmp.chmod(0o777 & ~_umask())
     else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=parent)
         os.close(fd)
         tmp = Path(name)
+        tmp.chmod(0o666 & ~_umask())
     try:
         yield tmp
         if out.exists():  # --force: replace only once the new output is complete

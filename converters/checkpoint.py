@@ -84,7 +84,9 @@ def family_of(config: dict, where: Path) -> str:
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:
-    """Parse a safetensors header and check the file holds every byte it promises."""
+    """Parse a safetensors header and check the file holds every byte it promises.
+
+    Each entry gains "file_offsets": the absolute [begin, end) of its data in the file."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -100,6 +102,8 @@ def safetensors_header(path: Path) -> dict[str, dict]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path}: not a safetensors file (bad header)") from None
     header.pop("__metadata__", None)
+    for meta in header.values():
+        meta["file_offsets"] = [8 + n + meta["data_offsets"][0], 8 + n + meta["data_offsets"][1]]
     end = max((v["data_offsets"][1] for v in header.values()), default=0)
     if 8 + n + end > size:
         raise UserError(f"{path}: truncated safetensors file ({size} bytes, header needs {8 + n + end})")
@@ -107,7 +111,12 @@ def safetensors_header(path: Path) -> dict[str, dict]:
 
 
 class Checkpoint:
-    """A model folder: its config, tokenizer files and lazily read tensors."""
+    """A model folder: its config, tokenizer files and lazily read tensors.
+
+    Safetensors data is read with plain file reads, not a memory map: pages of a mapped file that
+    were read stay in the process's resident set until the map closes, so a converter reading
+    through mmap peaks at the whole checkpoint; a read copies one tensor out of the page cache.
+    """
 
     def __init__(self, path: Path | str):
         self.path = model_folder(path)
@@ -115,7 +124,8 @@ class Checkpoint:
         self.family = family_of(self.config, self.path / "config.json")
         self._where: dict[str, Path] = {}  # tensor name -> file
         self._info: dict[str, TensorInfo] = {}
-        self._open: dict[Path, object] = {}
+        self._offsets: dict[str, tuple[int, int]] = {}  # safetensors: [begin, end) in the file
+        self._bin: dict[Path, dict] = {}  # .bin files, memory-mapped by torch.load
         self._index_weights()
 
     # --- discovery -------------------------------------------------------------------------
@@ -141,18 +151,19 @@ class Checkpoint:
                 for name, meta in safetensors_header(path).items():
                     self._where[name] = path
                     self._info[name] = TensorInfo(SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]))
+                    self._offsets[name] = tuple(meta["file_offsets"])
             else:
                 for name, t in self._load_bin(path).items():
                     self._where[name] = path
                     self._info[name] = TensorInfo(t.dtype, tuple(t.shape))
 
     def _load_bin(self, path: Path) -> dict[str, torch.Tensor]:
-        if path not in self._open:
+        if path not in self._bin:
             try:
-                self._open[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                self._bin[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # torch raises many types for a damaged pickle
                 raise UserError(f"{path}: cannot be read as PyTorch weights ({exc})") from None
-        return self._open[path]
+        return self._bin[path]
 
     # --- access ----------------------------------------------------------------------------
     @property
@@ -169,19 +180,24 @@ class Checkpoint:
             raise UserError(f"{self.path}: tensor {name} is missing from the weights") from None
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor, read from disk now (memory-mapped; a copy only if the caller converts it)."""
-        self.info(name)  # a clear error for a missing tensor
+        """One tensor, read from disk now into its own memory."""
+        info = self.info(name)  # a clear error for a missing tensor
         path = self._where[name]
         if path.suffix == ".bin":
             return self._load_bin(path)[name]
-        from safetensors import safe_open
-
-        if path not in self._open:
-            self._open[path] = safe_open(path, framework="pt")
+        begin, end = self._offsets[name]
+        data = bytearray(end - begin)
         try:
-            return self._open[path].get_tensor(name)
-        except Exception as exc:
-            raise UserError(f"{path}: cannot read tensor {name} ({exc})") from None
+            with open(path, "rb", buffering=0) as f:
+                f.seek(begin)
+                got = f.readinto(data)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read tensor {name} ({exc.strerror or exc})") from None
+        if got != end - begin:
+            raise UserError(f"{path}: truncated while reading tensor {name}")
+        if not data:
+            return torch.empty(info.shape, dtype=info.dtype)
+        return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
 
     def file(self, name: str) -> Path:
         return self.path / name

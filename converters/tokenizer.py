@@ -18,7 +18,7 @@ from .errors import UserError
 
 
 @lru_cache(maxsize=8)
-def sp_adds_dummy_prefix(model_file: Path) -> bool:
+def _sp_proto(model_file: Path):
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
@@ -26,7 +26,21 @@ def sp_adds_dummy_prefix(model_file: Path) -> bool:
         proto.ParseFromString(Path(model_file).read_bytes())
     except Exception as exc:
         raise UserError(f"{model_file}: not a sentencepiece model ({exc})") from None
-    return proto.normalizer_spec.add_dummy_prefix
+    return proto
+
+
+def sp_adds_dummy_prefix(model_file: Path) -> bool:
+    return _sp_proto(Path(model_file)).normalizer_spec.add_dummy_prefix
+
+
+def sp_user_defined(model_file: Path) -> dict[int, str]:
+    """id -> piece for sentencepiece's user-defined symbols (MiniCPM has 1086: `...`, `<b>`, `\n`).
+
+    sentencepiece matches them in raw text before BPE; transformers' converted tokenizer does not,
+    so `...` would become `.`,`.`,`.`. Registering them as (non-special) added tokens restores that.
+    """
+    USER_DEFINED = 4
+    return {i: p.piece for i, p in enumerate(_sp_proto(Path(model_file)).pieces) if p.type == USER_DEFINED}
 
 
 def copy_tokenizer_files(src: Path, out: Path) -> list[str]:
@@ -45,6 +59,10 @@ def copy_tokenizer_files(src: Path, out: Path) -> list[str]:
             if sp_model.is_file():
                 config["tokenizer_class"] = "LlamaTokenizer"  # MiniCPMTokenizer is a LlamaTokenizer
                 config["add_prefix_space"] = sp_adds_dummy_prefix(sp_model)
+                decoder = config.setdefault("added_tokens_decoder", {})
+                for i, piece in sp_user_defined(sp_model).items():
+                    decoder.setdefault(str(i), {"content": piece, "lstrip": False, "normalized": False,
+                                                "rstrip": False, "single_word": False, "special": False})
             (out / name).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         else:
             shutil.copyfile(path, out / name)
@@ -60,7 +78,15 @@ def load_tokenizer(folder: Path):
     sp_model = folder / "tokenizer.model"
     try:
         if sp_model.is_file():
-            return LlamaTokenizer.from_pretrained(folder, add_prefix_space=sp_adds_dummy_prefix(sp_model))
+            from transformers import AddedToken
+
+            # fix_mistral_regex=False: transformers 5.17 otherwise warns about a Mistral regex for any
+            # local folder whose config.json predates transformers 5 (all published MiniCPMs).
+            tokenizer = LlamaTokenizer.from_pretrained(folder, add_prefix_space=sp_adds_dummy_prefix(sp_model),
+                                                       fix_mistral_regex=False)
+            tokenizer.add_tokens([AddedToken(p, special=False, normalized=False)
+                                  for p in sp_user_defined(sp_model).values()])
+            return tokenizer
         if (folder / "tokenizer.json").is_file():
             return PreTrainedTokenizerFast.from_pretrained(folder)
     except UserError:

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from converters.atomic import check_output
-from converters.errors import UsageError
 from .app import app
 from .ui import byte_progress, console, human_bytes, stage, table, write_json
 
@@ -26,6 +25,11 @@ def convert(
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (--to llama) or .gguf file (--to gguf)."),
     dtype: str = typer.Option("auto", help="--to llama: bf16, f16, f32 or auto (the checkpoint's own dtype)."),
     max_shard_size: str = typer.Option("4GB", help="--to llama: largest safetensors shard, e.g. 500MB."),
+    outtype: str = typer.Option("f16", "--outtype", help="--to gguf: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, "
+                                "or a k-quant through llama.cpp: q4_k_m, q5_k_m, q6_k, q3_k_m, q2_k."),
+    fold: bool = typer.Option(False, "--fold", help="--to gguf: write the muP-folded model as plain llama "
+                              "(MoE: llama with experts) instead of the native minicpm architecture."),
+    imatrix: Path = typer.Option(None, "--imatrix", help="--to gguf k-quants: llama-imatrix importance matrix."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
 ):
@@ -41,11 +45,29 @@ def convert(
         with byte_progress(total, f"folding {src.name} -> {out.name}") as advance:
             result = convert_to_llama(src, out, dtype, force, max_shard_size, advance)
     else:
-        raise UsageError("--to gguf is not available yet")
+        _convert_gguf(src, out, outtype, fold, imatrix, force, json_out, start)
+        return
     seconds = time.perf_counter() - start
     rows = [["source", f"{src} ({result.source_family})"], ["output", f"{out} ({result.architecture})"],
             ["dtype", result.dtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)],
             ["files", ", ".join(result.files)], ["time", f"{seconds:.2f} s"]]
+    console.print(table("convert", ["", "value"], rows))
+    if json_out:
+        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **vars(result)})
+
+
+def _convert_gguf(src: Path, out: Path, outtype: str, fold: bool, imatrix: Path | None, force: bool,
+                  json_out: Path | None, start: float) -> None:
+    from converters.gguf_export import KQUANT_FTYPES, convert_to_gguf, plan_bytes, prepare
+
+    _, plan, _, outtype = prepare(src, outtype, fold, imatrix)  # validate before showing a bar
+    step = f"writing {out.name}" if outtype not in KQUANT_FTYPES else f"writing f16/f32 for {outtype}"
+    with byte_progress(plan_bytes(plan, outtype), f"{src.name} -> {step}") as advance:
+        result = convert_to_gguf(src, out, outtype, fold, force, imatrix, advance)
+    seconds = time.perf_counter() - start
+    rows = [["source", f"{src} ({result.source_family})"], ["output", f"{out} ({result.architecture})"],
+            ["outtype", result.outtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)],
+            ["time", f"{seconds:.2f} s"]]
     console.print(table("convert", ["", "value"], rows))
     if json_out:
         write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **vars(result)})

@@ -169,7 +169,8 @@ class GGUFTokenizer:
         return self.llama.n_vocab()
 
 
-def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, device: str = "cpu") -> LoadedModel:
+def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, device: str = "cpu",
+              logits_all: bool = True) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
@@ -183,7 +184,7 @@ def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, d
     arch = meta.get("general.architecture", "llama")
     train_ctx = int(meta.get(f"{arch}.context_length", n_ctx))
     try:
-        llama = Llama(str(path), n_ctx=n_ctx, logits_all=True, n_threads=threads or os.cpu_count(),
+        llama = Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=threads or os.cpu_count(),
                       n_batch=min(n_ctx, 512), type_k=0, type_v=0, verbose=False,
                       n_gpu_layers=-1 if device == "cuda" else 0)
     except Exception as exc:

@@ -108,7 +108,14 @@ def test_bin_weights_convert_like_safetensors(tiny, cli, tmp_path):
     assert (logits - reference).abs().max().item() <= 1e-4 * reference.abs().max().item()
 
 
-MIXED = "<用户>Tell me about 北京 in 2 words.  Ok\n<AI>北京是中国的首都。 Thanks!"
+MIXED = "<用户>Tell me about 北京 in 2 words...  Ok\n<AI>北京是中国的首都。\t<b>Thanks!</b>"
+
+
+def wikitext_sample() -> str:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(shared_path("data", "wikitext-2-raw-v1", "test-00000-of-00001.parquet")).column("text")
+    return "".join(rows.to_pylist()[:400])
 
 
 @pytest.mark.parametrize("tokenizer", [None, "MiniCPM-2B-sft-bf16", "MiniCPM4-8B"])
@@ -116,14 +123,18 @@ def test_tokenizer_round_trip_keeps_sentencepiece_ids(tokenizer, tiny, cli, tmp_
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
+    from converters.tokenizer import load_tokenizer
+
     kw = {"tokenizer": shared_path("minicpm-hf", tokenizer)} if tokenizer else {}
     src = tiny("minicpm4" if tokenizer == "MiniCPM4-8B" else "dense-gqa-tied", **kw)
     out = tmp_path / "llama"
     assert cli("convert", src, "--to", "llama", "-o", out).code == 0
     sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
     converted = AutoTokenizer.from_pretrained(out)  # what a user of the output gets, no remote code
-    assert converted(MIXED)["input_ids"] == [1] + sp.encode(MIXED)
-    assert converted.decode(sp.encode(MIXED)) == MIXED
+    text = MIXED + "\n\n" + wikitext_sample()
+    assert converted(text)["input_ids"] == [1] + sp.encode(text)
+    assert converted.decode(sp.encode(text)) == text
+    assert load_tokenizer(src)(text)["input_ids"] == [1] + sp.encode(text)  # the source, as we run it
     source_cfg = json.loads((src / "tokenizer_config.json").read_text())
     assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == source_cfg["chat_template"]
 
