@@ -1,2 +1,92 @@
-"""`minicpm quantize` (in progress)."""
-from .app import app  # noqa: F401
+"""`minicpm quantize`: AWQ / GPTQ (llm-compressor, compressed-tensors) or bitsandbytes, on CPU or GPU."""
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .app import app
+from .ui import console, err_console, human_bytes, stage, table, write_json
+
+
+class Method(str, Enum):
+    awq = "awq"
+    gptq = "gptq"
+    bnb = "bnb"
+
+
+class BnbType(str, Enum):
+    nf4 = "nf4"
+    fp4 = "fp4"
+
+
+@contextlib.contextmanager
+def layer_progress():
+    """Rich bars (terminals only), one per quantizing pass; yields progress(description, total) -> advance().
+
+    The display starts with the first bar, so an early error stays a single stderr line.
+    """
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, disable=not err_console.is_terminal)
+
+    def progress(description: str, total: int):
+        if not bars.live.is_started:
+            bars.start()
+        task = bars.add_task(description, total=total)
+        return lambda: bars.advance(task, 1)
+
+    try:
+        yield progress
+        for task in bars.tasks:  # the last pass (final norm + lm_head) is not a decoder layer
+            bars.update(task.id, completed=task.total)
+    finally:
+        if bars.live.is_started:
+            bars.stop()
+
+
+@app.command()
+@stage
+def quantize(
+    src: Path = typer.Argument(..., help="MiniCPM 1/2/4, MiniCPM-MoE or MiniCPM3 folder, or a Llama/Mixtral folder."),
+    method: Method = typer.Option(..., "--method", help="awq or gptq (llm-compressor, compressed-tensors) or bnb (bitsandbytes)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (loads with AutoModelForCausalLM, no remote code)."),
+    bits: int = typer.Option(4, "--bits", help="4 or 8 (bnb: 4 = nf4/fp4, 8 = LLM.int8)."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="awq/gptq: weights sharing one scale (default 128; -1 = per output channel)."),
+    calib: str = typer.Option("wikitext2", "--calib", help="awq/gptq calibration text: wikitext2, alpaca, or a path (.parquet/.arrow/.raw file or WikiText folder, Alpaca .json, .txt, .jsonl)."),
+    num_samples: int = typer.Option(128, "--num-samples", help="awq/gptq: calibration rows."),
+    seq_len: int = typer.Option(512, "--seq-len", help="awq/gptq: tokens per calibration row (short documents are packed)."),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="awq/gptq: symmetric scales or scales + zero points (default: awq asym, gptq sym)."),
+    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="gptq: quantize columns in activation order (default on)."),
+    bnb_type: Optional[BnbType] = typer.Option(None, "--bnb-type", help="bnb 4-bit: nf4 or fp4 (default nf4)."),
+    double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="bnb 4-bit: also quantize the scales (default off)."),
+    ignore: list[str] = typer.Option(["lm_head"], "--ignore", help="Module names left in float (repeat the option; 'none' for none)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+):
+    """Quantize a model to 4/8 bits with AWQ, GPTQ or bitsandbytes; OUT loads in transformers and vLLM."""
+    from quant.quantize import QuantizeOptions, quantize as run_quantize, result_dict
+
+    opts = QuantizeOptions(
+        method=method.value, bits=bits, group_size=group_size, calib=calib, num_samples=num_samples,
+        seq_len=seq_len, sym=sym, act_order=act_order, bnb_type=bnb_type.value if bnb_type else None,
+        double_quant=double_quant, ignore=tuple(i for i in ignore if i.lower() != "none"), device=device, seed=seed)
+    with layer_progress() as progress:
+        result = run_quantize(src, out, opts, force=force, progress=progress)
+    calibration = result.calibration
+    ratio = result.bytes_before / result.bytes_after if result.bytes_after else 0
+    rows = [["source", f"{src} ({result.source_family})"], ["output", f"{out} ({result.architecture}, {result.format})"],
+            ["method", result.scheme], ["bits", result.bits],
+            ["calibration", f"{calibration['samples']} x {calibration['seq_len']} tokens from {calibration['source']}"
+             if calibration else "none (bitsandbytes)"],
+            ["quantized layers", result.quantized_layers],
+            ["size before", human_bytes(result.bytes_before)], ["size after", f"{human_bytes(result.bytes_after)} ({ratio:.2f}x smaller)"],
+            ["device", result.device], ["time", f"{result.seconds:.1f} s"]] + [["note", n] for n in result.notes]
+    console.print(table("quantize", ["", "value"], rows))
+    if json_out:
+        write_json(json_out, result_dict(result))

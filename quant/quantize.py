@@ -1,0 +1,308 @@
+"""`minicpm quantize`: a MiniCPM (or Llama/Mixtral) folder -> a quantized folder transformers loads as is.
+
+- awq / gptq: llm-compressor on calibration rows from `calib_data`, saved as compressed-tensors
+  (what vLLM and transformers read natively).
+- bnb: bitsandbytes nf4/fp4 (4-bit) or LLM.int8 (8-bit), no calibration, saved by transformers.
+
+MiniCPM 1/2/4 and MiniCPM-MoE are folded to Llama/Mixtral in memory first, so OUT needs no remote
+code; MiniCPM3 is quantized as transformers' native `minicpm3`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from converters.atomic import atomic_output, check_output
+from converters.checkpoint import Checkpoint, model_folder, read_json
+from converters.errors import UsageError, UserError
+
+from .quiet import quiet
+
+METHOD_BITS = {"awq": (4, 8), "gptq": (4, 8), "bnb": (4, 8)}
+FORMAT = {"awq": "compressed-tensors", "gptq": "compressed-tensors", "bnb": "bitsandbytes"}
+DEFAULT_GROUP_SIZE = 128
+BNB_BLOCK = 64  # bitsandbytes' 4-bit block: layers narrower than a multiple of it do not reload
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+          "bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
+
+# progress(description, total) -> advance(): how a stage reports work to the CLI's bar.
+Progress = Callable[[str, int], Callable[[], None]]
+
+
+@dataclass
+class QuantizeOptions:
+    method: str
+    bits: int = 4
+    group_size: int | None = None  # awq/gptq; default 128, -1 = one scale per output channel
+    calib: str = "wikitext2"
+    num_samples: int = 128
+    seq_len: int = 512
+    sym: bool | None = None  # default: asymmetric for AWQ (zero point, as AutoAWQ), symmetric for GPTQ
+    act_order: bool | None = None  # gptq; default on ("weight" order: better accuracy, same format)
+    bnb_type: str | None = None  # bnb 4-bit: nf4 (default) or fp4
+    double_quant: bool | None = None  # bnb 4-bit: also quantize the block scales
+    ignore: tuple[str, ...] = ("lm_head",)
+    device: str = "auto"
+    seed: int = 0
+    dtype: str = "auto"  # the weights quantization starts from; auto = the checkpoint's own
+
+
+@dataclass
+class QuantizeResult:
+    source: str
+    output: str
+    source_family: str
+    architecture: str
+    method: str
+    bits: int
+    format: str
+    group_size: int | None
+    symmetric: bool | None
+    scheme: str
+    device: str
+    dtype: str
+    quantized_layers: int
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    calibration: dict | None = None
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_options(opts: QuantizeOptions, moe: bool = False) -> QuantizeOptions:
+    """Check the options against each other and fill in the method's defaults."""
+    method = opts.method
+    if method not in METHOD_BITS:
+        raise UsageError(f"--method {method}: unknown method (expected awq, gptq or bnb)")
+    if opts.bits not in METHOD_BITS[method]:
+        can = " or ".join(str(b) for b in METHOD_BITS[method])
+        raise UsageError(f"--bits {opts.bits}: {method} can do {can} bits")
+    if method == "bnb":
+        for flag, value in (("--group-size", opts.group_size), ("--act-order", opts.act_order), ("--sym/--asym", opts.sym)):
+            if value is not None:
+                raise UsageError(f"{flag} does not apply to bnb (bitsandbytes uses fixed blocks of {BNB_BLOCK} weights)")
+        if opts.bits == 8 and (opts.bnb_type is not None or opts.double_quant is not None):
+            raise UsageError("--bnb-type and --double-quant apply to 4-bit bnb only (8-bit is LLM.int8)")
+        bnb_type = opts.bnb_type or "nf4"
+        if bnb_type not in ("nf4", "fp4"):
+            raise UsageError(f"--bnb-type {bnb_type}: expected nf4 or fp4")
+        return replace(opts, bnb_type=bnb_type if opts.bits == 4 else None, double_quant=bool(opts.double_quant))
+    if opts.bnb_type is not None or opts.double_quant is not None:
+        raise UsageError(f"--bnb-type and --double-quant apply to bnb, not {method}")
+    if method == "awq" and opts.act_order is not None:
+        raise UsageError("--act-order applies to gptq, not awq")
+    group_size = DEFAULT_GROUP_SIZE if opts.group_size is None else opts.group_size
+    if group_size == 0 or group_size < -1:
+        raise UsageError(f"--group-size {group_size}: expected a positive size, or -1 for one scale per output channel")
+    if opts.num_samples < 1:
+        raise UsageError(f"--num-samples {opts.num_samples}: must be at least 1")
+    if opts.seq_len < 2:
+        raise UsageError(f"--seq-len {opts.seq_len}: must be at least 2")
+    if moe and opts.sym is False:
+        # transformers 5.17 rebuilds fused MoE experts from per-expert weights and scales only;
+        # zero points are dropped and the experts fail to load.
+        raise UsageError("--asym: asymmetric MoE experts do not reload in transformers; use --sym for MoE models")
+    sym = (method == "gptq" or moe) if opts.sym is None else opts.sym
+    act_order = (True if opts.act_order is None else opts.act_order) if method == "gptq" else None
+    return replace(opts, group_size=group_size, sym=sym, act_order=act_order)
+
+
+def layer_widths(config: dict, family: str) -> dict[str, int]:
+    """The input widths of the layers a quantizer touches, by the name users know them by."""
+    widths = {"hidden size": config["hidden_size"], "intermediate size": config["intermediate_size"]}
+    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
+    if family == "minicpm3":
+        widths |= {"q_lora_rank": config.get("q_lora_rank"), "kv_lora_rank": config.get("kv_lora_rank"),
+                   "attention output width (heads x v_head_dim)": heads * config.get("v_head_dim", 0)}
+    elif heads and head_dim:
+        widths["attention output width (heads x head_dim)"] = heads * head_dim
+    return {k: v for k, v in widths.items() if v}
+
+
+def check_group_size(opts: QuantizeOptions, config: dict, family: str) -> None:
+    widths = layer_widths(config, family)
+    if opts.method == "bnb":
+        if opts.bits == 4:
+            for what, n in widths.items():
+                if n % BNB_BLOCK:
+                    raise UserError(f"bnb 4-bit needs layer widths that are multiples of {BNB_BLOCK}; "
+                                    f"the {what} is {n} (use --bits 8, awq or gptq)", code=2)
+        return
+    if opts.group_size > 0:
+        for what, n in widths.items():
+            if n % opts.group_size:
+                fits = [g for g in (32, 64, 128, 256) if all(w % g == 0 for w in widths.values())]
+                hint = f"; try {', '.join(map(str, fits))}" if fits else "; try -1 (per channel)"
+                raise UsageError(f"--group-size {opts.group_size} does not divide the {what} {n}{hint}")
+
+
+def weight_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir()
+               if p.is_file() and (p.suffix in (".safetensors", ".bin", ".pt", ".pth")))
+
+
+def source_dtype(config: dict, choice: str) -> torch.dtype:
+    if choice != "auto":
+        if choice not in DTYPES:
+            raise UsageError(f"--dtype {choice}: expected bf16, f16, f32 or auto")
+        return DTYPES[choice]
+    return DTYPES.get(str(config.get("torch_dtype") or config.get("dtype") or "float32"), torch.float32)
+
+
+def quantized_layer_count(model) -> int:
+    count = 0
+    for module in model.modules():
+        if getattr(module, "quantization_scheme", None) is not None:
+            count += 1
+        elif type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            count += 1
+    return count
+
+
+def describe(opts: QuantizeOptions) -> str:
+    if opts.method == "bnb":
+        return f"bnb {opts.bnb_type}{' double-quant' if opts.double_quant else ''}" if opts.bits == 4 else "bnb int8 (LLM.int8)"
+    group = "per-channel" if opts.group_size < 0 else f"g{opts.group_size}"
+    order = ", act-order" if opts.act_order else ""
+    return f"{opts.method} W{opts.bits}A16 {group} {'sym' if opts.sym else 'asym'}{order}"
+
+
+def ignore_list(opts: QuantizeOptions, moe: bool, llmc_names: bool) -> list[str]:
+    """Modules left in float: --ignore, plus MoE routers (a 4-bit router picks the wrong experts)."""
+    ignore = list(opts.ignore)
+    if moe:
+        # llm-compressor takes regexes (`.gate` is the router as mlp.gate in memory and as
+        # block_sparse_moe.gate on disk); transformers' bnb skip list matches name fragments.
+        ignore.append("re:.*\\.gate$" if llmc_names else "mlp.gate")
+    return ignore
+
+
+def write_card(folder: Path, result: QuantizeResult, opts: QuantizeOptions) -> None:
+    info = {"method": result.method, "bits": result.bits, "format": result.format, "scheme": result.scheme,
+            "group_size": result.group_size, "symmetric": result.symmetric, "ignore": list(opts.ignore),
+            "calibration": result.calibration, "source": result.source, "source_family": result.source_family,
+            "architecture": result.architecture, "dtype": result.dtype, "quantized_layers": result.quantized_layers,
+            "notes": result.notes, "tool": "minicpm quantize"}
+    (folder / "quantization.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    calib = result.calibration
+    rows = [("method", result.method), ("bits", result.bits), ("format", result.format), ("scheme", result.scheme),
+            ("group size", result.group_size if result.group_size is not None else "64 (bitsandbytes block)" if result.bits == 4 else "per row"),
+            ("calibration set", calib["source"] if calib else "none (bitsandbytes needs no data)"),
+            ("calibration samples", f"{calib['samples']} x {calib['seq_len']} tokens" if calib else "-"),
+            ("source", f"{Path(result.source).name} ({result.source_family})"), ("architecture", result.architecture),
+            ("left in float", ", ".join(opts.ignore) or "nothing")] + [("note", n) for n in result.notes]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    (folder / "README.md").write_text(
+        f"# {Path(result.output).name}\n\n{Path(result.source).name} quantized by `minicpm quantize`. "
+        f"Load it with `AutoModelForCausalLM.from_pretrained(path)` (no remote code).\n\n"
+        f"| | |\n|---|---|\n{table}\n", encoding="utf-8")
+
+
+def copy_tokenizer(src: Path, out: Path) -> None:
+    from converters.tokenizer import copy_tokenizer_files
+
+    copy_tokenizer_files(src, out)
+    if (src / "chat_template.jinja").is_file():
+        shutil.copyfile(src / "chat_template.jinja", out / "chat_template.jinja")
+
+
+def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: bool = False,
+             progress: Progress | None = None, before_save: Callable[[object], None] | None = None) -> QuantizeResult:
+    """Quantize SRC into OUT (atomically). `before_save(model)` sees the in-memory quantized model."""
+    from runtime.load import load_hf, minicpm3_config, resolve_device
+
+    start = time.perf_counter()
+    src, out = Path(src), Path(out)
+    resolve_options(opts)  # option errors first, before touching files
+    check_output(out, force)
+    folder = model_folder(src)
+    config = read_json(folder / "config.json")
+    if config.get("quantization_config"):
+        method = config["quantization_config"].get("quant_method", "some method")
+        raise UsageError(f"{folder}: already quantized ({method}); quantize the float model instead")
+    family = Checkpoint(folder).family
+    moe = family in ("minicpm-moe", "mixtral")
+    opts = resolve_options(opts, moe=moe)
+    check_group_size(opts, config, family)
+    device = resolve_device(opts.device)
+    dtype = source_dtype(config, opts.dtype)
+    progress = progress or (lambda description, total: (lambda: None))
+
+    calibration = None
+    if opts.method in ("awq", "gptq"):
+        from calib_data import calibration_samples
+        from converters.tokenizer import chat_template, load_tokenizer
+
+        tokenizer = load_tokenizer(folder)
+        calib = calibration_samples(opts.calib, tokenizer, opts.num_samples, opts.seq_len, opts.seed,
+                                    chat_template(folder))
+        calibration = {"source": calib.source, "samples": len(calib.samples), "seq_len": opts.seq_len,
+                       "tokens": calib.tokens, "documents": calib.used_documents, "seed": opts.seed}
+
+    bytes_before = weight_bytes(folder)
+    with atomic_output(out, force) as tmp, quiet():
+        if opts.method in ("awq", "gptq"):
+            from .llmc import oneshot_quantize
+
+            loaded = load_hf(folder, "cpu", dtype)
+            model = loaded.model.to(device)
+            advance = progress(f"{opts.method.upper()} {opts.bits}-bit: layers", model.config.num_hidden_layers)
+            try:
+                model = oneshot_quantize(model, loaded.tokenizer, calib.samples, opts.method, opts.bits,
+                                         opts.group_size, opts.sym, opts.act_order,
+                                         ignore_list(opts, moe, True), tmp / ".config", advance)
+            except torch.OutOfMemoryError:
+                raise UserError(f"out of memory while quantizing on {device} (try fewer --num-samples or a shorter --seq-len)") from None
+        else:
+            from .bnb import bnb_quantize, linear_names
+
+            if family in ("minicpm", "minicpm-moe"):
+                float_folder = tmp / ".float"  # the folded Llama/Mixtral, for transformers to quantize
+                load_hf(folder, "cpu", dtype).model.save_pretrained(float_folder)
+                hf_config = None
+            else:
+                float_folder = folder
+                hf_config = minicpm3_config(config) if family == "minicpm3" else None
+            skip = ignore_list(opts, moe, False)
+            targets = len(linear_names(float_folder, hf_config, skip))
+            advance = progress(f"bnb {opts.bnb_type or 'int8'}: weights", targets)
+            model = bnb_quantize(float_folder, opts.bits, opts.bnb_type, opts.double_quant, dtype, skip,
+                                 device, hf_config, lambda name: advance())
+            shutil.rmtree(tmp / ".float", ignore_errors=True)
+        if before_save is not None:
+            before_save(model)
+        if opts.method == "bnb":
+            model.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, save_compressed=True)
+            shutil.rmtree(tmp / ".config", ignore_errors=True)
+            if model.config.model_type == "mixtral":
+                from .llmc import classic_mixtral_names
+
+                classic_mixtral_names(tmp)
+        copy_tokenizer(folder, tmp)
+        result = QuantizeResult(
+            source=str(src), output=str(out), source_family=family,
+            architecture=(model.config.architectures or [type(model).__name__])[0], method=opts.method,
+            bits=opts.bits, format=FORMAT[opts.method], group_size=opts.group_size, symmetric=opts.sym,
+            scheme=describe(opts), device=device, dtype=str(dtype).replace("torch.", ""),
+            quantized_layers=quantized_layer_count(model), bytes_before=bytes_before,
+            bytes_after=weight_bytes(tmp), seconds=0.0, calibration=calibration)
+        if opts.method == "bnb" and model.config.model_type == "mixtral":
+            result.notes.append(f"MoE experts stay {result.dtype}: bitsandbytes quantizes Linear layers and "
+                                "transformers keeps Mixtral experts as fused tensors (use awq or gptq)")
+        write_card(tmp, result, opts)
+        result.files = sorted(p.name for p in tmp.iterdir())
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def result_dict(result: QuantizeResult) -> dict:
+    return asdict(result)
