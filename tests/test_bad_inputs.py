@@ -204,3 +204,49 @@ def test_ctrl_c_mid_conversion_leaves_nothing(tmp_path):
     lines = [l for l in err.splitlines() if l.strip()]
     assert lines == ["interrupted: nothing was written"], err
     assert leftovers(tmp_path, "out") == []
+
+
+# --- the same rows across every verb that reads a model ---------------------------------------
+def verb_args(verb: str, model: Path, tmp_path: Path) -> list:
+    from conftest import shared_path
+
+    return {
+        "convert": ["convert", model, "--to", "gguf", "-o", tmp_path / "out.gguf"],
+        "quantize": ["quantize", model, "--method", "gptq", "-o", tmp_path / "out"],
+        "eval-ppl": ["eval-ppl", model, "--dataset", shared_path("data", "wikitext-2-raw-v1"), "--max-tokens", "512",
+                     "--ctx", "256"],
+        "chat": ["chat", model, "--prompt", "hi", "--max-new-tokens", "4"],
+        "inspect": ["inspect", model],
+    }[verb]
+
+
+VERBS = ["convert", "quantize", "eval-ppl", "chat", "inspect"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_nonexistent_path(verb, cli, tmp_path):
+    r = cli(*verb_args(verb, tmp_path / "nope", tmp_path))
+    assert_one_line_error(r, "nope", code=2)
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_config_not_json(verb, cli, model, tmp_path):
+    (model / "config.json").write_text("not json")
+    assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), "config.json", "not valid JSON")
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_other_architecture(verb, cli, model, tmp_path):
+    edit_config(model, architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), "GPT2LMHeadModel")
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_truncated_safetensors(verb, cli, model, tmp_path):
+    shard = sorted(model.glob("model-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:5000])
+    assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), shard.name, "truncated")
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
