@@ -14,15 +14,15 @@ from typing import Callable
 import torch
 
 
-
 @contextlib.contextmanager
 def no_pinned_memory_without_accelerator():
     """Skip llm-compressor's pinned-memory step when there is no accelerator.
 
     AWQ pins the cached layer inputs (`IntermediatesCache.pin_memory`) so that its grid search can
     copy them to the GPU without blocking. Pinning page-locks host memory *for a device*: with no
-    CUDA/XPU device torch raises instead, and on a CPU-only machine the inputs never leave host
-    memory, so skipping the step changes nothing but the crash.
+    CUDA/XPU device torch raises ("RuntimeError: Cannot access accelerator device when none is
+    available", measured with llm-compressor 0.14.0.1), and on a CPU-only machine the inputs never
+    leave host memory, so skipping the step changes nothing but the crash.
     """
     if torch.accelerator.is_available():
         yield

@@ -116,14 +116,14 @@ def resolve_options(opts: QuantizeOptions, moe: bool = False) -> QuantizeOptions
 
 def layer_widths(config: dict, family: str) -> dict[str, int]:
     """The input widths of the layers a quantizer touches, by the name users know them by."""
-    widths = {"hidden size": config["hidden_size"], "intermediate size": config["intermediate_size"]}
+    widths = {"hidden size": config.get("hidden_size"), "intermediate size": config.get("intermediate_size")}
     heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
     if family == "minicpm3":
         widths |= {"q_lora_rank": config.get("q_lora_rank"), "kv_lora_rank": config.get("kv_lora_rank"),
-                   "attention output width (heads x v_head_dim)": heads * config.get("v_head_dim", 0)}
+                   "attention output width (heads x v_head_dim)": (heads or 0) * config.get("v_head_dim", 0)}
     elif heads and head_dim:
         widths["attention output width (heads x head_dim)"] = heads * head_dim
-    return {k: v for k, v in widths.items() if v}
+    return {k: v for k, v in widths.items() if isinstance(v, int) and v > 0}
 
 
 def check_group_size(opts: QuantizeOptions, config: dict, family: str) -> None:
@@ -205,6 +205,12 @@ def write_card(folder: Path, result: QuantizeResult, opts: QuantizeOptions) -> N
         f"| | |\n|---|---|\n{table}\n", encoding="utf-8")
 
 
+def library_error(exc: Exception) -> str:
+    """A library exception as one line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def copy_tokenizer(src: Path, out: Path) -> None:
     from converters.tokenizer import copy_tokenizer_files
 
@@ -260,6 +266,8 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
                                          ignore_list(opts, moe, True), tmp / ".config", advance)
             except torch.OutOfMemoryError:
                 raise UserError(f"out of memory while quantizing on {device} (try fewer --num-samples or a shorter --seq-len)") from None
+            except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
+                raise UserError(f"{opts.method} on {family}: llm-compressor failed ({library_error(exc)})") from None
         else:
             from .bnb import bnb_quantize, linear_names
 
@@ -273,8 +281,11 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
             skip = ignore_list(opts, moe, False)
             targets = len(linear_names(float_folder, hf_config, skip))
             advance = progress(f"bnb {opts.bnb_type or 'int8'}: weights", targets)
-            model = bnb_quantize(float_folder, opts.bits, opts.bnb_type, opts.double_quant, dtype, skip,
-                                 device, hf_config, lambda name: advance())
+            try:
+                model = bnb_quantize(float_folder, opts.bits, opts.bnb_type, opts.double_quant, dtype, skip,
+                                     device, hf_config, lambda name: advance())
+            except (ValueError, RuntimeError, TypeError, ImportError) as exc:
+                raise UserError(f"bnb on {family}: bitsandbytes failed ({library_error(exc)})") from None
             shutil.rmtree(tmp / ".float", ignore_errors=True)
         if before_save is not None:
             before_save(model)
@@ -295,6 +306,9 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
             scheme=describe(opts), device=device, dtype=str(dtype).replace("torch.", ""),
             quantized_layers=quantized_layer_count(model), bytes_before=bytes_before,
             bytes_after=weight_bytes(tmp), seconds=0.0, calibration=calibration)
+        if calibration and calibration["samples"] < opts.num_samples:
+            result.notes.append(f"the calibration text filled {calibration['samples']} of the "
+                                f"{opts.num_samples} requested rows of {opts.seq_len} tokens")
         if opts.method == "bnb" and model.config.model_type == "mixtral":
             result.notes.append(f"MoE experts stay {result.dtype}: bitsandbytes quantizes Linear layers and "
                                 "transformers keeps Mixtral experts as fused tensors (use awq or gptq)")
