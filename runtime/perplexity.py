@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from converters.checkpoint import model_folder, read_json
 from converters.errors import UsageError, UserError
+from converters.inspect import disk_size as size_on_disk
 
 # progress(label, total_tokens) -> context manager yielding advance(n_tokens)
 Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
@@ -465,12 +466,6 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             self.cuda_growth = torch.cuda.max_memory_allocated() - self._cuda_base
-
-
-def size_on_disk(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 # --- evaluation ------------------------------------------------------------------------------------------
