@@ -29,10 +29,15 @@ CHATML_TOKENS = ["<|im_end|>", "<|im_start|>"]
 
 
 def stdlib_text() -> str:
-    """English prose every Python install ships: the documentation topics behind help()."""
+    """English prose every Python install ships: the documentation topics behind help(), without the
+    grammar rules, tables and heading underlines a tiny model would learn to repeat instead."""
     from pydoc_data.topics import topics
 
-    return "\n\n".join(topics[k] for k in sorted(topics))
+    def prose(line: str) -> bool:
+        bare = line.strip()
+        return not (bare.startswith(("|", "+-", "+=", "::=")) or "::=" in bare or (bare and set(bare) <= set("=-*~^+| ")))
+
+    return "\n\n".join("\n".join(filter(prose, topics[k].splitlines())) for k in sorted(topics))
 
 
 def read_text(path: Path | None) -> str:

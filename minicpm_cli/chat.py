@@ -11,7 +11,6 @@ import typer
 from rich.text import Text
 
 from converters.atomic import atomic_output
-from converters.checkpoint import read_json
 from converters.errors import UsageError, UserError
 from .app import app
 from .ui import console, err_console, stage
@@ -195,23 +194,6 @@ def is_gguf(path: Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def quiet_loading(folder: Path):
-    """Quantized folders: keep compressed-tensors' / bitsandbytes' bars and notes off the chat screen."""
-    import contextlib
-    import warnings
-
-    config = folder / "config.json"
-    if config.is_file() and "quantization_config" in read_json(config):
-        # bitsandbytes notes, once per layer kind, that it casts bf16 inputs to f16 while generating
-        warnings.filterwarnings("ignore", message="MatMul8bitLt")
-        try:
-            from quant.quiet import quiet
-        except ImportError:  # the quant extra is not installed: its libraries may be chatty
-            return contextlib.nullcontext()
-        return quiet()
-    return contextlib.nullcontext()
-
-
 def open_session(model_path: Path, sampling, system: str | None = None, device: str = "auto",
                  context: int | None = None, template: Path | None = None, threads: int | None = None):
     """Load a model and its chat format: a ChatSession ready for reply()."""
@@ -250,8 +232,7 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
         else:
             if threads:
                 torch.set_num_threads(threads)
-            with quiet_loading(model_path):
-                model = load_model(model_path, device=device)
+            model = load_model(model_path, device=device)
     n_ctx = context or min(model.max_positions or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     if model.backend == "gguf":
         n_ctx = min(n_ctx, model.model.n_ctx())

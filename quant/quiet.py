@@ -45,8 +45,25 @@ def silent_tqdm(*args, **kwargs):
     return tqdm(*args, **kwargs)
 
 
+_depth = 0  # quiet() nests (quantize loads through runtime.load, which is quiet too): only the outer one acts
+
+
 @contextlib.contextmanager
 def quiet():
+    global _depth
+    if _depth:
+        yield
+        return
+    _depth += 1
+    try:
+        with _quiet():
+            yield
+    finally:
+        _depth -= 1
+
+
+@contextlib.contextmanager
+def _quiet():
     from loguru import logger
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging

@@ -122,6 +122,22 @@ def _eos_ids(config: dict) -> list[int]:
     return list(eos) if isinstance(eos, list) else [eos]
 
 
+def quiet_loading(quant: dict | None):
+    """Quantized folders: keep compressed-tensors' / bitsandbytes' bars and notes off our tables and chat."""
+    import contextlib
+    import warnings
+
+    if not quant:
+        return contextlib.nullcontext()
+    # bitsandbytes notes, once per layer kind, that it casts bf16 inputs to f16 while generating
+    warnings.filterwarnings("ignore", message="MatMul8bitLt")
+    try:
+        from quant.quiet import quiet
+    except ImportError:  # the quant extra is not installed: its libraries may be chatty
+        return contextlib.nullcontext()
+    return quiet()
+
+
 def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
@@ -141,7 +157,12 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
         else:
             family = Checkpoint(folder).family if quant is None else config.get("model_type", "llama")
             kwargs = {"device_map": device} if quant else {"dtype": dtype}
-            model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, **kwargs)
+            with quiet_loading(quant):
+                model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, **kwargs)
+                if quant and quant.get("quant_method") == "compressed-tensors":
+                    # compressed-tensors decompresses on the first forward (with its own bars): do it now
+                    with torch.no_grad():
+                        model(input_ids=torch.tensor([[config.get("bos_token_id") or 0]], device=model.device))
     except UserError:
         raise
     except Exception as exc:

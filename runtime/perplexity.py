@@ -21,6 +21,7 @@ import io
 import math
 import resource
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -286,13 +287,27 @@ def default_threads() -> int:
 
 
 def import_backends(paths: list[Path]) -> None:
-    """Import the code a load will need, so that a model's measured memory is not the libraries'."""
+    """Import and warm the code a load will need, so that a model's measured memory is not the libraries'."""
     folders = [p for p in paths if p.is_dir()]
     if folders:
-        from transformers import LlamaForCausalLM, MiniCPM3ForCausalLM, MixtralForCausalLM  # noqa: F401
+        from transformers import LlamaConfig, LlamaForCausalLM, MiniCPM3ForCausalLM, MixtralForCausalLM  # noqa: F401
+
+        # torch and transformers set up kernels, thread pools and caches on the first load and forward
+        # (~20 MB on CPU), which would otherwise be charged to the first model of the table
+        config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2)
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            LlamaForCausalLM(config).save_pretrained(tmp)
+            model = LlamaForCausalLM.from_pretrained(tmp).eval()
+            model(input_ids=torch.zeros(1, 256, dtype=torch.long), use_cache=False)
     if any(read_json(p / "config.json").get("quantization_config") for p in folders):
         with contextlib.suppress(ImportError):
             import compressed_tensors  # noqa: F401
+
+            from quant.quiet import quiet
+
+            with quiet():  # imports the modules whose bars it silences
+                pass
 
 
 def weights_format(model, dtype: torch.dtype) -> str:

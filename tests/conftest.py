@@ -35,6 +35,21 @@ def tiny(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def minicpm4_long(tiny, tmp_path_factory) -> Path:
+    """tiny MiniCPM4 with max_position_embeddings 4096 > original 1024: LongRoPE uses long_factor."""
+    import json
+    import shutil
+
+    src = tmp_path_factory.mktemp("long") / "minicpm4-long"
+    shutil.copytree(tiny("minicpm4"), src)
+    config = json.loads((src / "config.json").read_text())
+    config["max_position_embeddings"] = 4096
+    config["rope_scaling"]["long_factor"] = [1.0 + 0.4 * i for i in range(32)]
+    (src / "config.json").write_text(json.dumps(config))
+    return src
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

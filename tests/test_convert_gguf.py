@@ -129,14 +129,9 @@ def test_f32_logits_match_reference(family, fold, tiny, cli, tmp_path):
         assert meta["tokenizer.ggml.token_type"][tokens.index("<|im_start|>")] == 3  # control
 
 
-def test_longrope_factors_are_carried(tiny, cli, tmp_path):
+def test_longrope_factors_are_carried(minicpm4_long, cli, tmp_path):
     """max_position_embeddings > original: long_factor and sqrt(1 + ln s / ln L0) at every context size."""
-    src = tmp_path / "minicpm4-long"
-    shutil.copytree(tiny("minicpm4"), src)
-    config = json.loads((src / "config.json").read_text())
-    config["max_position_embeddings"] = 4096
-    config["rope_scaling"]["long_factor"] = [1.0 + 0.4 * i for i in range(32)]
-    (src / "config.json").write_text(json.dumps(config))
+    src = minicpm4_long
     reference = minicpm_logits(*load_minicpm(src), IDS)
     attn = math.sqrt(1 + math.log(4096 / 1024) / math.log(1024))
     for fold in (False, True):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -55,14 +54,9 @@ def test_folded_bf16_within_bf16_tolerance(family, tiny, cli, tmp_path):
     assert agree >= 0.9, agree
 
 
-def test_longrope_past_original_length_uses_long_factor(tiny, cli, tmp_path):
+def test_longrope_past_original_length_uses_long_factor(minicpm4_long, cli, tmp_path):
     """max_position_embeddings > original: MiniCPM uses long_factor and sqrt(1+ln s/ln L0) everywhere."""
-    src = tmp_path / "minicpm4-long"
-    shutil.copytree(tiny("minicpm4"), src)
-    config = json.loads((src / "config.json").read_text())
-    config["max_position_embeddings"] = 4096
-    config["rope_scaling"]["long_factor"] = [1.0 + 0.4 * i for i in range(32)]
-    (src / "config.json").write_text(json.dumps(config))
+    src = minicpm4_long
     out = tmp_path / "llama"
     assert cli("convert", src, "--to", "llama", "-o", out, "--dtype", "f32").code == 0
     reference = minicpm_logits(*load_minicpm(src), IDS)

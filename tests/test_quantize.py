@@ -223,6 +223,12 @@ def test_cli_writes_a_complete_folder(cli, tiny, tmp_path):
     assert report["bits"] == 4 and report["bytes_after"] == sum(
         p.stat().st_size for p in out.glob("*.safetensors"))
     assert report["calibration"]["samples"] == 4
+    # eval-ppl and chat load it without compressed-tensors' own bars (it decompresses on the first forward)
+    (tmp_path / "text.txt").write_text("The return statement leaves a function. " * 40)
+    for args in (("eval-ppl", out, "--dataset", tmp_path / "text.txt", "--ctx", "64"),
+                 ("chat", out, "--prompt", "Hi", "--temperature", "0", "--max-new-tokens", "4")):
+        result = cli(*args)
+        assert result.code == 0 and result.err == "", result
 
 
 @pytest.mark.parametrize("family,method,layers", [
