@@ -1,4 +1,4 @@
-"""Perplexity against size on disk: one labelled point (with its standard error) per model."""
+"""Perplexity against size on disk: one point (with its standard error) per model, named in a legend."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,16 +27,13 @@ def plot_ppl_vs_size(results, out: Path, title: str) -> None:
     fmt = plot_format(out)
     from matplotlib.ticker import ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ordered = sorted(results, key=lambda r: r.size_bytes)
-    for rank, r in enumerate(ordered):
-        mb = r.size_bytes / 2**20
-        ax.errorbar(mb, r.ppl, yerr=r.stderr, fmt="o", capsize=3)
-        # Labels of the right half point left, and neighbours alternate above/below, so they rarely collide.
-        right = rank >= len(ordered) / 2 and len(ordered) > 1
-        ax.annotate(f"{Path(r.model).name} ({r.weights})", (mb, r.ppl), textcoords="offset points",
-                    xytext=(-6 if right else 6, 6 if rank % 2 == 0 else -12), ha="right" if right else "left",
-                    fontsize=8)
+    plt.rcParams["svg.fonttype"] = "none"  # SVG keeps its labels as text: searchable, smaller
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
+    # A legend, not labels beside the points: models of about the same size would share one spot.
+    for r in sorted(results, key=lambda r: r.size_bytes):
+        ax.errorbar(r.size_bytes / 2**20, r.ppl, yerr=r.stderr, fmt="o", capsize=3,
+                    label=f"{Path(r.model).name} ({r.weights})")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside the axes
     sizes = [r.size_bytes for r in results]
     if max(sizes) > 4 * min(sizes):
         ax.set_xscale("log")

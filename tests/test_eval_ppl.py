@@ -115,6 +115,10 @@ def test_folded_llama_folder_scores_like_the_minicpm_folder(trained, cli, tmp_pa
         assert m["tokens_per_s"] > 0
     assert again["ppl"] == minicpm["ppl"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = tmp_path / "ppl.svg"  # the same plot as SVG keeps its legend as text
+    assert cli("eval-ppl", trained, llama, "--dataset", WIKI, "--ctx", 256, "--max-tokens", 256, "--plot", svg).code == 0
+    legend = svg.read_text()
+    assert f"{trained.name} (f32)" in legend and "llama (f32)" in legend and "size on disk (MiB)" in legend
     assert "llama" in result.out and "±" in result.out
 
 
