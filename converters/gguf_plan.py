@@ -22,7 +22,8 @@ import torch
 
 from .checkpoint import Checkpoint
 from .errors import UsageError, UserError
-from .mup import MupScales, check_shapes, fold_plan, fold_rope_scaling, shapes, tied
+from .mup import MupScales, fold_plan, fold_rope_scaling, tied
+from .shapes import MLA_KEYS, check_checkpoint, check_shapes, minicpm3_shapes
 
 Make = Callable[[], torch.Tensor]
 
@@ -201,7 +202,7 @@ def _moe_keys(plan: GGUFPlan, config: dict) -> None:
 
 def plan_minicpm(ckpt: Checkpoint) -> GGUFPlan:
     config = ckpt.config
-    check_shapes(ckpt, shapes(config, ckpt.family, ckpt.path / "config.json"))
+    check_checkpoint(ckpt)
     scales = MupScales.from_config(config, ckpt.path / "config.json")
     plan = GGUFPlan("minicpm", ckpt.family, model_name(ckpt), vocab_rows=config["vocab_size"])
     _common_keys(plan, config, config["intermediate_size"])
@@ -242,33 +243,6 @@ def plan_llama(ckpt: Checkpoint) -> GGUFPlan:
 
 # --- MiniCPM3 (multi-head latent attention) -------------------------------------------------------
 LLAMA_CPP_MINICPM3 = {"scale_emb": 12.0, "scale_depth": 1.4, "dim_model_base": 256.0}  # minicpm3.cpp constants
-MLA_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
-
-
-def minicpm3_shapes(config: dict, where) -> dict[str, tuple[int, ...]]:
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                           "vocab_size") + MLA_KEYS if not isinstance(config.get(k), int)]
-    if missing:
-        raise UserError(f"{where}: config lacks {', '.join(missing)}")
-    H, L, V, I, nh = (config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size",
-                                          "num_attention_heads"))
-    ql, kvl, nope, rope, vd = (config[k] for k in MLA_KEYS)
-    out = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        out |= {
-            p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-            p + "self_attn.q_a_proj.weight": (ql, H), p + "self_attn.q_a_layernorm.weight": (ql,),
-            p + "self_attn.q_b_proj.weight": (nh * (nope + rope), ql),
-            p + "self_attn.kv_a_proj_with_mqa.weight": (kvl + rope, H),
-            p + "self_attn.kv_a_layernorm.weight": (kvl,),
-            p + "self_attn.kv_b_proj.weight": (nh * (nope + vd), kvl),
-            p + "self_attn.o_proj.weight": (H, nh * vd),
-            p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H), p + "mlp.down_proj.weight": (H, I),
-        }
-    return out
-
-
 def plan_minicpm3(ckpt: Checkpoint) -> GGUFPlan:
     config, where = ckpt.config, ckpt.path / "config.json"
     expected = minicpm3_shapes(config, where)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .checkpoint import Checkpoint, model_folder, read_json
 from .errors import UsageError, UserError
-from .mup import shapes
+from .shapes import check_checkpoint, shapes
 
 
 def disk_size(path: Path) -> int:
@@ -58,6 +58,7 @@ def inspect_folder(path: Path) -> dict:
         dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
     else:
         ckpt = Checkpoint(folder)
+        check_checkpoint(ckpt)  # a checkpoint that disagrees with its config is reported, not described
         family = ckpt.family
         params = sum(_numel(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
         dtypes = sorted({str(ckpt.info(n).dtype).removeprefix("torch.") for n in ckpt.names})

@@ -16,6 +16,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .errors import UserError
+from .shapes import check_shapes, shapes
 
 
 @dataclass
@@ -43,52 +44,6 @@ class MupScales:
             residual=float(config["scale_depth"]) / math.sqrt(config["num_hidden_layers"]),
             logit=config["hidden_size"] / float(config["dim_model_base"]),
         )
-
-
-REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-
-
-def shapes(config: dict, family: str, where) -> dict[str, tuple[int, ...]]:
-    """Every tensor name a MiniCPM 1/2/MoE (or Llama/Mixtral) checkpoint must hold, with its shape."""
-    missing = [k for k in REQUIRED if not isinstance(config.get(k), int)]
-    if missing:
-        raise UserError(f"{where}: config lacks {', '.join(missing)}")
-    H, L, V, I = (config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"))
-    nh = config["num_attention_heads"]
-    nkv = config.get("num_key_value_heads") or nh
-    hd = config.get("head_dim") or H // nh
-    moe = family in ("minicpm-moe", "mixtral")
-    mlp = "block_sparse_moe" if family == "mixtral" else "mlp"
-    out = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        out |= {
-            p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-            p + "self_attn.q_proj.weight": (nh * hd, H), p + "self_attn.k_proj.weight": (nkv * hd, H),
-            p + "self_attn.v_proj.weight": (nkv * hd, H), p + "self_attn.o_proj.weight": (H, nh * hd),
-        }
-        if moe:
-            E = config.get("num_experts") or config.get("num_local_experts")
-            out[p + f"{mlp}.gate.weight"] = (E, H)
-            for e in range(E):
-                q = p + f"{mlp}.experts.{e}."
-                out |= {q + "w1.weight": (I, H), q + "w2.weight": (H, I), q + "w3.weight": (I, H)}
-        else:
-            out |= {p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
-                    p + "mlp.down_proj.weight": (H, I)}
-    return out
-
-
-def check_shapes(ckpt: Checkpoint, expected: dict[str, tuple[int, ...]]) -> None:
-    for name, shape in expected.items():
-        got = ckpt.info(name).shape
-        if got != shape:
-            raise UserError(
-                f"{ckpt.path}: tensor {name} has shape {list(got)} but config.json implies {list(shape)}")
-    ignorable = ("rotary_emb.inv_freq",)
-    extra = [n for n in ckpt.names if n not in expected and n != "lm_head.weight" and not n.endswith(ignorable)]
-    if extra:
-        raise UserError(f"{ckpt.path}: unexpected tensor {extra[0]} for a {ckpt.family} checkpoint")
 
 
 def tied(config: dict, ckpt: Checkpoint) -> bool:

@@ -65,7 +65,7 @@ def eval_ppl(
     plot: Path = typer.Option(None, "--plot", help="Draw perplexity against size on disk (.png, .svg, .pdf)."),
 ):
     """Perplexity (± stderr), tokens/s, peak memory and size of each MODEL on the same text."""
-    from runtime.perplexity import compare as compare_models, evaluate, load_text
+    from runtime.perplexity import check_model_path, compare as compare_models, evaluate, load_text
     from runtime.plot import plot_format
 
     for out in (json_out, plot):
@@ -75,6 +75,8 @@ def eval_ppl(
         plot_format(plot)
     if compare is not None and len(models) != 1:
         raise UsageError("--compare B takes exactly one MODEL (the reference A)")
+    for path in [*models, *([compare] if compare else [])]:
+        check_model_path(path)  # a mistyped MODEL is named before the dataset is looked for
     text, source = load_text(dataset, split)
     from transformers.utils import logging as hf_logging
 

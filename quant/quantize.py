@@ -21,6 +21,7 @@ import torch
 from converters.atomic import atomic_output, check_output
 from converters.checkpoint import Checkpoint, model_folder, read_json
 from converters.errors import UsageError, UserError
+from converters.shapes import check_checkpoint
 
 from .quiet import quiet
 
@@ -233,7 +234,9 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "some method")
         raise UsageError(f"{folder}: already quantized ({method}); quantize the float model instead")
-    family = Checkpoint(folder).family
+    ckpt = Checkpoint(folder)
+    check_checkpoint(ckpt)  # before calibration data is fetched or anything is computed
+    family = ckpt.family
     moe = family in ("minicpm-moe", "mixtral")
     opts = resolve_options(opts, moe=moe)
     check_group_size(opts, config, family)

@@ -1,22 +1,26 @@
 """The bad-input matrix: every row is one clear stderr line, exit 2 (usage) or 1 (runtime), no
 traceback, and nothing partial left on disk.
 
-| row                                   | expected                                           |
-|---------------------------------------|----------------------------------------------------|
-| nonexistent path                      | 2, "no such file or directory"                     |
-| a file where a folder is expected     | 2, "expected a model folder"                       |
-| folder without config.json            | 2, "no config.json"                                |
-| config.json that is not JSON          | 1, "config.json: not valid JSON"                   |
-| config of another architecture (GPT-2)| 2, "architecture GPT2LMHeadModel is not supported" |
-| MiniCPM config without scale_emb      | 1, "lacks scale_emb"                               |
-| index naming a missing shard          | 1, "<shard>: shard named in ... is missing"        |
-| safetensors truncated in the middle   | 1, "<file>: truncated safetensors file"            |
-| tensor shape disagreeing with config  | 1, "<tensor> has shape [...] but config.json ..."  |
-| GGUF truncated                        | 1, "<file>: not a readable GGUF file"              |
-| OUT exists                            | 2, "already exists (use --force ...)"              |
-| OUT in a read-only folder             | 1, "not writable"                                  |
-| disk full during write                | 1, "could not write output: No space left"         |
-| Ctrl-C (SIGINT) mid-conversion        | 130, "interrupted", no OUT, no temporary           |
+| row                                    | expected                                           | every verb |
+|----------------------------------------|----------------------------------------------------|------------|
+| nonexistent path                       | 2, "no such file or directory"                     | yes        |
+| a file where a folder is expected      | 2, "expected a model folder"                       | yes        |
+| folder without config.json             | 2, "no config.json"                                |            |
+| config.json that is not JSON           | 1, "config.json: not valid JSON"                   | yes        |
+| config of another architecture (GPT-2) | 2, "architecture GPT2LMHeadModel is not supported" | yes        |
+| MiniCPM config without scale_emb       | 1, "lacks scale_emb"                               |            |
+| index naming a missing shard           | 1, "<shard>: shard named in ... is missing"        | yes        |
+| safetensors truncated in the middle    | 1, "<file>: truncated safetensors file"            | yes        |
+| tensor shape disagreeing with config   | 1, "<tensor> has shape [...] but config.json ..."  | yes        |
+| GGUF truncated                         | 1, "<file>: not a readable GGUF file"              | yes        |
+| OUT exists                             | 2, "already exists (use --force ...)"              |            |
+| OUT in a read-only folder              | 1, "not writable"                                  |            |
+| disk full during write                 | 1, "could not write output: No space left"         |            |
+| Ctrl-C (SIGINT) mid-conversion         | 130, "interrupted", no OUT, no temporary           |            |
+
+"every verb": the row runs again for convert, quantize, eval-ppl, chat and inspect (convert and quantize
+read folders only, so a GGUF is "expected a model folder" there). The OUT rows concern the verbs that
+write one (convert here; quantize in test_quantize.py).
 """
 from __future__ import annotations
 
@@ -114,11 +118,10 @@ def test_tensor_shape_disagreeing_with_config(cli, model, tmp_path):
     assert_one_line_error(r, "mlp.gate_proj.weight", "has shape [768, 256]", "[1024, 256]", code=1)
 
 
-def test_truncated_gguf(cli, tmp_path):
+def truncated_gguf(path: Path) -> Path:
     import numpy as np
     from gguf import GGUFWriter
 
-    path = tmp_path / "model.gguf"
     writer = GGUFWriter(str(path), "llama")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.ones((64, 32), dtype=np.float32))
@@ -128,6 +131,11 @@ def test_truncated_gguf(cli, tmp_path):
     writer.close()
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 1000])
+    return path
+
+
+def test_truncated_gguf(cli, tmp_path):
+    path = truncated_gguf(tmp_path / "model.gguf")
     assert_one_line_error(cli("inspect", path), "model.gguf", "not a readable GGUF file", code=1)
 
 
@@ -249,4 +257,38 @@ def test_every_verb_truncated_safetensors(verb, cli, model, tmp_path):
     shard = sorted(model.glob("model-*.safetensors"))[0]
     shard.write_bytes(shard.read_bytes()[:5000])
     assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), shard.name, "truncated")
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_file_where_folder_expected(verb, cli, model, tmp_path):
+    r = cli(*verb_args(verb, model / "config.json", tmp_path))
+    assert_one_line_error(r, "config.json", code=2)
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_index_naming_a_missing_shard(verb, cli, model, tmp_path):
+    shard = sorted(model.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), shard.name, "missing", code=1)
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_tensor_shape_disagreeing_with_config(verb, cli, model, tmp_path):
+    edit_config(model, intermediate_size=1024)
+    r = cli(*verb_args(verb, model, tmp_path))
+    assert_one_line_error(r, "mlp.gate_proj.weight", "has shape [768, 256]", "[1024, 256]", code=1)
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_truncated_gguf(verb, cli, tmp_path):
+    path = truncated_gguf(tmp_path / "model.gguf")
+    r = cli(*verb_args(verb, path, tmp_path))
+    if verb in ("convert", "quantize"):  # they read Hugging Face folders only
+        assert_one_line_error(r, "model.gguf", "expected a model folder", code=2)
+    else:
+        assert_one_line_error(r, "model.gguf", "not a readable GGUF file", code=1)
     assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")

@@ -236,6 +236,10 @@ def test_a_folder_or_file_that_is_not_a_model(tiny, cli, tmp_path):
     junk = tmp_path / "weights.bin"
     junk.write_bytes(b"\0" * 64)
     assert_one_line_error(cli("eval-ppl", junk, "--dataset", WIKI), "not a model", code=2)
+    # checked before the dataset: offline, the default wikitext2 would otherwise be the error shown
+    assert_one_line_error(cli("eval-ppl", junk), "weights.bin", "not a model", code=2)
+    assert_one_line_error(cli("eval-ppl", tiny("dense-gqa-tied"), "--compare", tmp_path / "nope.gguf"),
+                          "nope.gguf", "no such file", code=2)
 
 
 @pytest.mark.parametrize("args, needle", [
