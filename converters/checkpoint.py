@@ -19,6 +19,9 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+# --dtype values and config.json's torch_dtype names
+DTYPE_NAMES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
+               "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 # family -> the architectures / model_types that name it
 FAMILIES = {

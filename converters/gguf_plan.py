@@ -23,7 +23,7 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import UsageError, UserError
 from .mup import MupScales, fold_plan, fold_rope_scaling, tied
-from .shapes import MLA_KEYS, check_checkpoint, check_shapes, minicpm3_shapes
+from .shapes import MLA_KEYS, check_checkpoint, check_shape, check_shapes, minicpm3_shapes
 
 Make = Callable[[], torch.Tensor]
 
@@ -187,12 +187,6 @@ def _llama_layout(plan: GGUFPlan, config: dict, get: Callable[[str], Make], has:
         plan.tensors.append(GGUFTensor("output.weight", (config["vocab_size"], H), [head], "head"))
 
 
-def _check_head(ckpt: Checkpoint, name: str, shape: tuple[int, ...]) -> None:
-    if ckpt.info(name).shape != shape:
-        raise UserError(f"{ckpt.path}: tensor {name} has shape {list(ckpt.info(name).shape)} "
-                        f"but config.json implies {list(shape)}")
-
-
 def _moe_keys(plan: GGUFPlan, config: dict) -> None:
     experts = config.get("num_experts") or config.get("num_local_experts")
     if experts:
@@ -220,7 +214,7 @@ def plan_minicpm(ckpt: Checkpoint) -> GGUFPlan:
     has = lambda name: name.replace(".block_sparse_moe.", ".mlp.") in ckpt  # noqa: E731
     head = None
     if not tied(config, ckpt):
-        _check_head(ckpt, "lm_head.weight", (config["vocab_size"], config["hidden_size"]))
+        check_shape(ckpt, "lm_head.weight", (config["vocab_size"], config["hidden_size"]))
         head = get("lm_head.weight")
     _llama_layout(plan, config, get, has, "block_sparse_moe", head)
     return plan
@@ -243,11 +237,13 @@ def plan_llama(ckpt: Checkpoint) -> GGUFPlan:
 
 # --- MiniCPM3 (multi-head latent attention) -------------------------------------------------------
 LLAMA_CPP_MINICPM3 = {"scale_emb": 12.0, "scale_depth": 1.4, "dim_model_base": 256.0}  # minicpm3.cpp constants
+
+
 def plan_minicpm3(ckpt: Checkpoint) -> GGUFPlan:
     config, where = ckpt.config, ckpt.path / "config.json"
     expected = minicpm3_shapes(config, where)
     check_shapes(ckpt, expected)
-    H, L, nh = config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]
+    H, L = config["hidden_size"], config["num_hidden_layers"]
     ql, kvl, nope, rope, vd = (config[k] for k in MLA_KEYS)
     plan = GGUFPlan("minicpm3", ckpt.family, model_name(ckpt), vocab_rows=config["vocab_size"])
     _common_keys(plan, config, config["intermediate_size"])
@@ -294,7 +290,7 @@ def plan_minicpm3(ckpt: Checkpoint) -> GGUFPlan:
         plan.tensors[0].role = "head"  # llama.cpp reuses token_embd as the output projection
     else:
         src = "model.embed_tokens.weight" if is_tied else "lm_head.weight"
-        _check_head(ckpt, src, expected["model.embed_tokens.weight"])
+        check_shape(ckpt, src, expected["model.embed_tokens.weight"])
         plan.tensors.append(GGUFTensor("output.weight", expected["model.embed_tokens.weight"],
                                        [get(src, logit)], "head"))
     return plan

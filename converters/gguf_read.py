@@ -1,4 +1,4 @@
-"""Read GGUF metadata with the `gguf` package, turning a damaged file into one clear error."""
+"""Recognise and read GGUF files with the `gguf` package, turning a damaged file into one clear error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,17 +6,29 @@ from pathlib import Path
 from .errors import UserError
 
 
-def gguf_metadata(path: Path | str) -> dict:
-    """Every key/value of a GGUF file as plain Python values (arrays as lists)."""
+def is_gguf(path: Path | str) -> bool:
+    """A file that starts with the GGUF magic (only its first 4 bytes are read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:  # missing, a folder, unreadable
+        return False
+
+
+def open_gguf(path: Path | str):
+    """A GGUFReader over `path` (memory-mapped, tensors not read)."""
     from gguf import GGUFReader
 
     try:
-        reader = GGUFReader(str(path))
+        return GGUFReader(str(path))
     except Exception as exc:
         raise UserError(f"{path}: not a readable GGUF file ({exc})") from None
-    meta = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        meta[name] = field.contents()
-    return meta
+
+
+def metadata(reader) -> dict:
+    """Every key/value of an open GGUF file as plain Python values (arrays as lists)."""
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def gguf_metadata(path: Path | str) -> dict:
+    return metadata(open_gguf(path))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checkpoint import read_json
 from .errors import UserError
-from .tokenizer import chat_template
+from .tokenizer import chat_template, sp_proto
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # GGUF token types
 
@@ -73,14 +73,8 @@ def _ids(value) -> list[int]:
 
 
 def _sentencepiece(folder: Path) -> Vocab:
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
     path = folder / "tokenizer.model"
-    proto = pb.ModelProto()
-    try:
-        proto.ParseFromString(path.read_bytes())
-    except Exception as exc:
-        raise UserError(f"{path}: not a sentencepiece model ({exc})") from None
+    proto = sp_proto(path)
     if proto.trainer_spec.model_type not in (1, 2):  # UNIGRAM, BPE: both scored, merged by llama.cpp's SPM
         raise UserError(f"{path}: sentencepiece model type {proto.trainer_spec.model_type} is not supported")
     tokens = [p.piece for p in proto.pieces]

@@ -5,7 +5,8 @@ from collections import Counter
 from pathlib import Path
 
 from .checkpoint import Checkpoint, model_folder, read_json
-from .errors import UsageError, UserError
+from .errors import UsageError
+from .gguf_read import is_gguf, metadata, open_gguf
 from .shapes import check_checkpoint, shapes
 
 
@@ -85,13 +86,8 @@ def _numel(shape) -> int:
 
 
 def inspect_gguf(path: Path) -> dict:
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable GGUF file ({exc})") from None
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    reader = open_gguf(path)
+    meta = metadata(reader)
     arch = meta.get("general.architecture", "?")
     types = Counter(t.tensor_type.name for t in reader.tensors)
     mup = {k.removeprefix(f"{arch}."): meta[k] for k in
@@ -126,8 +122,7 @@ def inspect_model(path: Path | str) -> dict:
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
     if path.is_file():
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise UsageError(f"{path}: neither a model folder nor a GGUF file")
+        if not is_gguf(path):
+            raise UsageError(f"{path}: neither a model folder nor a GGUF file")
         return inspect_gguf(path)
     return inspect_folder(path)

@@ -42,12 +42,15 @@ def shapes(config: dict, family: str, where) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def check_shape(ckpt: Checkpoint, name: str, shape: tuple[int, ...]) -> None:
+    got = ckpt.info(name).shape
+    if got != shape:
+        raise UserError(f"{ckpt.path}: tensor {name} has shape {list(got)} but config.json implies {list(shape)}")
+
+
 def check_shapes(ckpt: Checkpoint, expected: dict[str, tuple[int, ...]]) -> None:
     for name, shape in expected.items():
-        got = ckpt.info(name).shape
-        if got != shape:
-            raise UserError(
-                f"{ckpt.path}: tensor {name} has shape {list(got)} but config.json implies {list(shape)}")
+        check_shape(ckpt, name, shape)
     ignorable = ("rotary_emb.inv_freq",)
     extra = [n for n in ckpt.names if n not in expected and n != "lm_head.weight" and not n.endswith(ignorable)]
     if extra:

@@ -10,15 +10,11 @@ from typing import Callable
 import torch
 
 from .atomic import atomic_output
-from .checkpoint import Checkpoint
+from .checkpoint import DTYPE_NAMES, Checkpoint
 from .errors import UsageError
 from .mup import fold_plan, folded_config
 from .safetensors_out import nbytes, write_sharded
 from .tokenizer import copy_tokenizer_files
-
-DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
-          "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
 
 @dataclass
 class ConvertResult:
@@ -40,10 +36,10 @@ def parse_size(text: str) -> int:
 def output_dtype(name: str, ckpt: Checkpoint) -> torch.dtype:
     if name == "auto":
         declared = ckpt.config.get("torch_dtype") or ckpt.config.get("dtype")
-        return DTYPES.get(declared) or ckpt.info("model.embed_tokens.weight").dtype
-    if name not in DTYPES:
+        return DTYPE_NAMES.get(declared) or ckpt.info("model.embed_tokens.weight").dtype
+    if name not in DTYPE_NAMES:
         raise UsageError(f"--dtype {name}: expected one of auto, bf16, f16, f32")
-    return DTYPES[name]
+    return DTYPE_NAMES[name]
 
 
 def plan_llama(src: Path | str, dtype: str = "auto"):

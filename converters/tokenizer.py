@@ -18,7 +18,8 @@ from .errors import UserError
 
 
 @lru_cache(maxsize=8)
-def _sp_proto(model_file: Path):
+def sp_proto(model_file: Path):
+    """The parsed sentencepiece model (shared: read it, do not change it)."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
@@ -30,7 +31,7 @@ def _sp_proto(model_file: Path):
 
 
 def sp_adds_dummy_prefix(model_file: Path) -> bool:
-    return _sp_proto(Path(model_file)).normalizer_spec.add_dummy_prefix
+    return sp_proto(Path(model_file)).normalizer_spec.add_dummy_prefix
 
 
 def sp_user_defined(model_file: Path) -> dict[int, str]:
@@ -40,7 +41,7 @@ def sp_user_defined(model_file: Path) -> dict[int, str]:
     so `...` would become `.`,`.`,`.`. Registering them as (non-special) added tokens restores that.
     """
     USER_DEFINED = 4
-    return {i: p.piece for i, p in enumerate(_sp_proto(Path(model_file)).pieces) if p.type == USER_DEFINED}
+    return {i: p.piece for i, p in enumerate(sp_proto(Path(model_file)).pieces) if p.type == USER_DEFINED}
 
 
 def copy_tokenizer_files(src: Path, out: Path) -> list[str]:

@@ -187,20 +187,13 @@ def one_shot(session: ChatSession, text: str) -> None:
     sys.stdout.write("\n")
 
 
-def is_gguf(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
-
-
 def open_session(model_path: Path, sampling, system: str | None = None, device: str = "auto",
                  context: int | None = None, template: Path | None = None, threads: int | None = None):
     """Load a model and its chat format: a ChatSession ready for reply()."""
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from converters.gguf_read import gguf_metadata
+    from converters.gguf_read import gguf_metadata, is_gguf
     from runtime.chat_prompt import chat_format, end_of_turn_ids
     from runtime.generate import Generator, set_gguf_threads
     from runtime.load import load_gguf, load_model, resolve_device

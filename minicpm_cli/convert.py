@@ -34,40 +34,37 @@ def convert(
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
 ):
     """Convert a MiniCPM checkpoint: fold muP into a plain Llama (--to llama) or write GGUF (--to gguf)."""
-    from converters.to_llama import convert_to_llama, plan_llama
-    from converters.safetensors_out import nbytes
-
     start = time.perf_counter()
     check_output(out, force)
     if to is Target.llama:
-        _, out_dtype, _, plan = plan_llama(src, dtype)  # validate before showing a bar
-        total = sum(nbytes(t, out_dtype) for t in plan)
-        with byte_progress(total, f"folding {src.name} -> {out.name}") as advance:
-            result = convert_to_llama(src, out, dtype, force, max_shard_size, advance)
+        result = _convert_llama(src, out, dtype, max_shard_size, force)
+        detail = [["dtype", result.dtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)],
+                  ["files", ", ".join(result.files)]]
     else:
-        _convert_gguf(src, out, outtype, fold, imatrix, force, json_out, start)
-        return
+        result = _convert_gguf(src, out, outtype, fold, imatrix, force)
+        detail = [["outtype", result.outtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)]]
     seconds = time.perf_counter() - start
     rows = [["source", f"{src} ({result.source_family})"], ["output", f"{out} ({result.architecture})"],
-            ["dtype", result.dtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)],
-            ["files", ", ".join(result.files)], ["time", f"{seconds:.2f} s"]]
+            *detail, ["time", f"{seconds:.2f} s"]]
     console.print(table("convert", ["", "value"], rows))
     if json_out:
         write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **vars(result)})
 
 
-def _convert_gguf(src: Path, out: Path, outtype: str, fold: bool, imatrix: Path | None, force: bool,
-                  json_out: Path | None, start: float) -> None:
+def _convert_llama(src: Path, out: Path, dtype: str, max_shard_size: str, force: bool):
+    from converters.safetensors_out import nbytes
+    from converters.to_llama import convert_to_llama, plan_llama
+
+    _, out_dtype, _, plan = plan_llama(src, dtype)  # validate before showing a bar
+    total = sum(nbytes(t, out_dtype) for t in plan)
+    with byte_progress(total, f"folding {src.name} -> {out.name}") as advance:
+        return convert_to_llama(src, out, dtype, force, max_shard_size, advance)
+
+
+def _convert_gguf(src: Path, out: Path, outtype: str, fold: bool, imatrix: Path | None, force: bool):
     from converters.gguf_export import KQUANT_FTYPES, convert_to_gguf, plan_bytes, prepare
 
     _, plan, _, outtype = prepare(src, outtype, fold, imatrix)  # validate before showing a bar
     step = f"writing {out.name}" if outtype not in KQUANT_FTYPES else f"writing f16/f32 for {outtype}"
     with byte_progress(plan_bytes(plan, outtype), f"{src.name} -> {step}") as advance:
-        result = convert_to_gguf(src, out, outtype, fold, force, imatrix, advance)
-    seconds = time.perf_counter() - start
-    rows = [["source", f"{src} ({result.source_family})"], ["output", f"{out} ({result.architecture})"],
-            ["outtype", result.outtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)],
-            ["time", f"{seconds:.2f} s"]]
-    console.print(table("convert", ["", "value"], rows))
-    if json_out:
-        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **vars(result)})
+        return convert_to_gguf(src, out, outtype, fold, force, imatrix, advance)

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from converters.atomic import atomic_output, check_output
-from converters.checkpoint import Checkpoint, model_folder, read_json
+from converters.checkpoint import DTYPE_NAMES, Checkpoint, model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.shapes import check_checkpoint
 
@@ -29,8 +29,6 @@ METHOD_BITS = {"awq": (4, 8), "gptq": (4, 8), "bnb": (4, 8)}
 FORMAT = {"awq": "compressed-tensors", "gptq": "compressed-tensors", "bnb": "bitsandbytes"}
 DEFAULT_GROUP_SIZE = 128
 BNB_BLOCK = 64  # bitsandbytes' 4-bit block: layers narrower than a multiple of it do not reload
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-          "bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 
 # progress(description, total) -> advance(): how a stage reports work to the CLI's bar.
 Progress = Callable[[str, int], Callable[[], None]]
@@ -151,10 +149,10 @@ def weight_bytes(folder: Path) -> int:
 
 def source_dtype(config: dict, choice: str) -> torch.dtype:
     if choice != "auto":
-        if choice not in DTYPES:
+        if choice not in DTYPE_NAMES:
             raise UsageError(f"--dtype {choice}: expected bf16, f16, f32 or auto")
-        return DTYPES[choice]
-    return DTYPES.get(str(config.get("torch_dtype") or config.get("dtype") or "float32"), torch.float32)
+        return DTYPE_NAMES[choice]
+    return DTYPE_NAMES.get(str(config.get("torch_dtype") or config.get("dtype") or "float32"), torch.float32)
 
 
 def quantized_layer_count(model) -> int:

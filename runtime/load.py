@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from converters.checkpoint import Checkpoint, model_folder, read_json
 from converters.errors import UsageError, UserError
+from converters.gguf_read import is_gguf
 from converters.tokenizer import load_tokenizer
 
 
@@ -220,6 +220,6 @@ def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, d
 def load_model(path: Path | str, device: str = "cpu", n_ctx: int = 2048) -> LoadedModel:
     path = Path(path)
     device = resolve_device(device)
-    if path.suffix == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):
+    if path.suffix == ".gguf" or is_gguf(path):
         return load_gguf(path, n_ctx=n_ctx, device=device)
     return load_hf(path, device)

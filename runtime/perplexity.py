@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from converters.checkpoint import model_folder, read_json
 from converters.errors import UsageError, UserError
+from converters.gguf_read import gguf_metadata, is_gguf
 from converters.inspect import disk_size as size_on_disk
 
 # progress(label, total_tokens) -> context manager yielding advance(n_tokens)
@@ -122,16 +123,6 @@ def ppl_stderr(nll: np.ndarray) -> tuple[float, float]:
 
 
 # --- models: check, tokenize, load ----------------------------------------------------------------
-def is_gguf(path: Path) -> bool:
-    if path.suffix == ".gguf":
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
 def check_model_path(path: Path) -> None:
     """One clear error for a MODEL argument that cannot be a model."""
     if not path.exists():
@@ -139,23 +130,18 @@ def check_model_path(path: Path) -> None:
     if path.is_dir():
         model_folder(path)
         return
-    if not is_gguf(path):
+    if is_gguf(path):
+        return
+    if path.suffix != ".gguf":
         raise UsageError(f"{path}: not a model (expected a model folder with config.json, or a .gguf file)")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise UsageError(f"{path}: not a GGUF file (bad magic)")
+    raise UsageError(f"{path}: not a GGUF file (bad magic)")
 
 
 def declared_max_positions(path: Path) -> int:
     """The longest context a model declares (0 when it does not say)."""
     if path.is_dir():
         return int(read_json(path / "config.json").get("max_position_embeddings") or 0)
-    from converters.gguf_read import gguf_metadata
-
-    try:
-        meta = gguf_metadata(path)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read GGUF metadata ({exc})") from None
+    meta = gguf_metadata(path)  # a damaged file is one clear error
     arch = meta.get("general.architecture", "llama")
     return int(meta.get(f"{arch}.context_length", 0))
 

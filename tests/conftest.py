@@ -10,6 +10,11 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
 
 
+def leftovers(folder: Path, name: str) -> list[str]:
+    """OUT itself and any temporary `.OUT.tmp-*` beside it: what an interrupted or failed run left."""
+    return [p.name for p in folder.iterdir() if p.name == name or p.name.startswith(f".{name}.tmp-")]
+
+
 def shared_path(*parts: str) -> Path:
     """A file from ../shared; its absence is a failure, never a skip (CI always has it)."""
     path = SHARED.joinpath(*parts)

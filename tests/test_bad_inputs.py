@@ -25,7 +25,6 @@ write one (convert here; quantize in test_quantize.py).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -36,11 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error
-
-
-def leftovers(folder: Path, name: str) -> list[str]:
-    return [p.name for p in folder.iterdir() if p.name == name or p.name.startswith(f".{name}.tmp-")]
+from conftest import ROOT, assert_one_line_error, leftovers
 
 
 def convert(cli, src, out, *extra):
@@ -231,25 +226,30 @@ def verb_args(verb: str, model: Path, tmp_path: Path) -> list:
 VERBS = ["convert", "quantize", "eval-ppl", "chat", "inspect"]
 
 
+def assert_no_output(tmp_path: Path) -> None:
+    """Neither OUT of verb_args (folder or GGUF) nor a temporary of it exists."""
+    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+
+
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_nonexistent_path(verb, cli, tmp_path):
     r = cli(*verb_args(verb, tmp_path / "nope", tmp_path))
     assert_one_line_error(r, "nope", code=2)
-    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+    assert_no_output(tmp_path)
 
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_config_not_json(verb, cli, model, tmp_path):
     (model / "config.json").write_text("not json")
     assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), "config.json", "not valid JSON")
-    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+    assert_no_output(tmp_path)
 
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_other_architecture(verb, cli, model, tmp_path):
     edit_config(model, architectures=["GPT2LMHeadModel"], model_type="gpt2")
     assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), "GPT2LMHeadModel")
-    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+    assert_no_output(tmp_path)
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -257,14 +257,14 @@ def test_every_verb_truncated_safetensors(verb, cli, model, tmp_path):
     shard = sorted(model.glob("model-*.safetensors"))[0]
     shard.write_bytes(shard.read_bytes()[:5000])
     assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), shard.name, "truncated")
-    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+    assert_no_output(tmp_path)
 
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_file_where_folder_expected(verb, cli, model, tmp_path):
     r = cli(*verb_args(verb, model / "config.json", tmp_path))
     assert_one_line_error(r, "config.json", code=2)
-    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+    assert_no_output(tmp_path)
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -272,7 +272,7 @@ def test_every_verb_index_naming_a_missing_shard(verb, cli, model, tmp_path):
     shard = sorted(model.glob("model-*.safetensors"))[-1]
     shard.unlink()
     assert_one_line_error(cli(*verb_args(verb, model, tmp_path)), shard.name, "missing", code=1)
-    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+    assert_no_output(tmp_path)
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -280,7 +280,7 @@ def test_every_verb_tensor_shape_disagreeing_with_config(verb, cli, model, tmp_p
     edit_config(model, intermediate_size=1024)
     r = cli(*verb_args(verb, model, tmp_path))
     assert_one_line_error(r, "mlp.gate_proj.weight", "has shape [768, 256]", "[1024, 256]", code=1)
-    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+    assert_no_output(tmp_path)
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -291,4 +291,4 @@ def test_every_verb_truncated_gguf(verb, cli, tmp_path):
         assert_one_line_error(r, "model.gguf", "expected a model folder", code=2)
     else:
         assert_one_line_error(r, "model.gguf", "not a readable GGUF file", code=1)
-    assert not leftovers(tmp_path, "out") and not leftovers(tmp_path, "out.gguf")
+    assert_no_output(tmp_path)

@@ -9,13 +9,12 @@ import json
 import math
 import shutil
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error, shared_path
+from conftest import assert_one_line_error, leftovers, shared_path
 from reference import load_minicpm, minicpm_logits
 
 IDS = [1] + [int(i) for i in torch.randint(3, 2000, (63,), generator=torch.Generator().manual_seed(7))]
@@ -68,10 +67,6 @@ def tensor_types(path) -> dict[str, str]:
     from gguf import GGUFReader
 
     return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
-
-
-def leftovers(folder: Path, name: str) -> list[str]:
-    return [p.name for p in folder.iterdir() if p.name == name or p.name.startswith(f".{name}.tmp-")]
 
 
 # --- f32: llama.cpp computes what MiniCPM computes --------------------------------------------------
