@@ -4,10 +4,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .checkpoint import Checkpoint, model_folder, read_json
+from .checkpoint import Checkpoint, family_of, model_folder, read_json
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
-from .shapes import check_checkpoint, shapes
+from .shapes import check_checkpoint, minicpm3_shapes, shapes
+
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def disk_size(path: Path) -> int:
@@ -48,11 +50,25 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
     return "none", None
 
 
-def inspect_folder(path: Path) -> dict:
+def inspect_folder(path: Path, weights: bool = True) -> dict:
+    """weights=False describes the folder from config.json (and an index) alone, reading no tensor file."""
     folder = model_folder(path)
     config = read_json(folder / "config.json")
     quantized = "quantization_config" in config
-    if quantized:  # packed tensors do not show the parameter count: derive it from the config
+    size = disk_size(folder)
+    if not weights:
+        # a hub name, fetched without its weights: everything from config.json (and the index's total)
+        family = family_of(config, folder / "config.json")
+        expected = (minicpm3_shapes(config, folder / "config.json") if family == "minicpm3"
+                    else shapes(config, family, folder / "config.json"))
+        params = sum(_numel(s) for s in expected.values())
+        if not config.get("tie_word_embeddings", family.startswith("minicpm")):
+            params += config["vocab_size"] * config["hidden_size"]
+        dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
+        index = next((folder / f for f in INDEX_FILES if (folder / f).is_file()), None)
+        total = (read_json(index).get("metadata") or {}).get("total_size") if index else None
+        size = int(total) if isinstance(total, (int, float)) else None
+    elif quantized:  # packed tensors do not show the parameter count: derive it from the config
         family = config.get("model_type", "?")
         params = sum(_numel(s) for s in shapes(config, family, folder / "config.json").values())
         params += 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
@@ -74,7 +90,7 @@ def inspect_folder(path: Path) -> dict:
         "quantization": _quantization(config),
         "context_length": config.get("max_position_embeddings"), "rope": _rope(config),
         "tokenizer": tok_kind, "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
-        "size_bytes": disk_size(folder),
+        "size_bytes": size,
     }
 
 
@@ -117,7 +133,7 @@ def _gguf_file_type(value) -> str:
         return str(value)
 
 
-def inspect_model(path: Path | str) -> dict:
+def inspect_model(path: Path | str, weights: bool = True) -> dict:
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
@@ -125,4 +141,4 @@ def inspect_model(path: Path | str) -> dict:
         if not is_gguf(path):
             raise UsageError(f"{path}: neither a model folder nor a GGUF file")
         return inspect_gguf(path)
-    return inspect_folder(path)
+    return inspect_folder(path, weights)

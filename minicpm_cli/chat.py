@@ -13,6 +13,7 @@ from rich.text import Text
 from converters.atomic import atomic_output
 from converters.errors import UsageError, UserError
 from .app import app
+from .sources import check_revision, lora_option, model_source, revision_option
 from .ui import console, err_console, stage
 
 HELP = """commands:
@@ -237,7 +238,8 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
 @app.command()
 @stage
 def chat(
-    model: Path = typer.Argument(..., help="MiniCPM / llama-format / quantized / MiniCPM3 folder, or a .gguf file."),
+    model: Path = typer.Argument(..., help="MiniCPM / llama-format / quantized / MiniCPM3 folder, a .gguf file, "
+                                 "or a hub name (org/name, modelscope:org/name) to download."),
     system: str = typer.Option(None, "--system", help="System prompt."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="Print one reply to this and exit (also: pipe text on stdin)."),
     temperature: float = typer.Option(0.7, help="0: greedy, deterministic."),
@@ -250,13 +252,25 @@ def chat(
     context: int = typer.Option(None, "--context", help=f"Context window in tokens (default: the model's, at most {DEFAULT_CONTEXT})."),
     template: Path = typer.Option(None, "--template", help="A Jinja chat template file to use instead of the model's."),
     threads: int = typer.Option(None, "--threads", help="CPU threads (default: every core)."),
+    revision: str = revision_option(),
+    lora: list[Path] = lora_option(),
 ):
     """Chat with a model in the terminal; the reply streams as it is generated."""
     from runtime.generate import Sampling
 
     sampling = Sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed).check()
-    if prompt is None and sys.stdin.isatty():
-        session = open_session(model, sampling, system, device, context, template, threads)
+    check_revision([model], revision)
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+        if not prompt.strip():
+            raise UsageError("no prompt: give --prompt TEXT or pipe text on stdin")
+    with model_source(model, revision, lora) as folder:
+        _chat(model, folder, sampling, system, prompt, device, context, template, threads)
+
+
+def _chat(model: Path, folder: Path, sampling, system, prompt, device, context, template, threads) -> None:
+    if prompt is None:
+        session = open_session(folder, sampling, system, device, context, template, threads)
         console.print(Text(f"{model} · {session.model.backend} · template: {session.fmt.source} · "
                            f"context {session.generator.n_ctx} · /help for commands, Ctrl-D to quit", style="dim"))
         try:
@@ -264,11 +278,7 @@ def chat(
         finally:
             session.close()
         return
-    if prompt is None:
-        prompt = sys.stdin.read()
-        if not prompt.strip():
-            raise UsageError("no prompt: give --prompt TEXT or pipe text on stdin")
-    session = open_session(model, sampling, system, device, context, template, threads)
+    session = open_session(folder, sampling, system, device, context, template, threads)
     try:
         one_shot(session, prompt)
     finally:

@@ -272,8 +272,10 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
         else:
             from .bnb import bnb_quantize, linear_names
 
-            if family in ("minicpm", "minicpm-moe"):
-                float_folder = tmp / ".float"  # the folded Llama/Mixtral, for transformers to quantize
+            from converters.lora import is_view
+
+            if family in ("minicpm", "minicpm-moe") or is_view(folder):
+                float_folder = tmp / ".float"  # the folded (or --lora merged) model, for transformers to quantize
                 load_hf(folder, "cpu", dtype).model.save_pretrained(float_folder)
                 hf_config = None
             else:

@@ -146,7 +146,9 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     quant = config.get("quantization_config")
     dtype = dtype or torch.float32
     try:
-        if quant is None and config.get("model_type") == "minicpm":
+        from converters.lora import is_view
+
+        if quant is None and (config.get("model_type") == "minicpm" or is_view(folder)):
             ckpt = Checkpoint(folder)
             family, model = ckpt.family, folded_model(ckpt, dtype)
         elif config.get("model_type") == "minicpm3":
