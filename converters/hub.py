@@ -189,16 +189,25 @@ def _modelscope(repo: str, revision: str | None, weights: bool) -> Path:
     patterns = list(CONFIG_FILES)
     if weights:
         patterns += ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+    import logging
+
+    noisy = [logging.getLogger(n) for n in ("modelscope", "modelscope_hub")]
+    levels = [log.level for log in noisy]
+    for log in noisy:  # its retry warnings would break the one-line error
+        log.setLevel(logging.ERROR)
     try:
         folder = Path(snapshot_download(repo, revision=revision or "master", allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001 - modelscope raises requests' and its own error types
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise UserError(f"{MODELSCOPE}{repo}: disk full while downloading ({exc.strerror})") from None
-        if "404" in text or "not exist" in text.lower():
+        if "404" in text or "not exist" in text.lower() or "not found" in text.lower():
             raise UserError(f"{MODELSCOPE}{repo}: no such model (or revision) on ModelScope", code=2) from None
-        raise UserError(f"{MODELSCOPE}{repo}: ModelScope not reachable ({type(exc).__name__}: {text[:200]}): "
-                        "pass a local folder, or set MODELSCOPE_DOMAIN") from None
+        raise UserError(f"{MODELSCOPE}{repo}: ModelScope not reachable ({type(exc).__name__}): pass a local "
+                        "folder, or set MODELSCOPE_ENDPOINT") from None
+    finally:
+        for log, level in zip(noisy, levels):
+            log.setLevel(level)
     if weights and not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
         raise UserError(f"{MODELSCOPE}{repo}: no safetensors weights in the download (a .bin-only model: "
                         "download it with modelscope yourself and pass the folder)")

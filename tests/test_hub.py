@@ -190,3 +190,17 @@ def test_a_local_folder_is_never_taken_for_a_hub_name(tiny, cli, hub_env, tmp_pa
     assert cli("inspect", "openbmb/tiny").code == 0  # no hub reachable: it read the folder
     r = cli("inspect", "openbmb/tiny", "--revision", "v1")
     assert_one_line_error(r, "--revision v1", "no MODEL is one", code=2)
+
+
+def test_a_modelscope_id_goes_through_the_modelscope_package(cli, monkeypatch, tmp_path):
+    """ModelScope is not reachable from here: its endpoint is a closed port, its retries stay off stderr."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", closed)
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms-cache"))
+    r = cli("convert", "modelscope:OpenBMB/MiniCPM4-8B", "--to", "gguf", "-o", tmp_path / "m.gguf")
+    assert_one_line_error(r, "modelscope:OpenBMB/MiniCPM4-8B: ModelScope not reachable", "MODELSCOPE_ENDPOINT")
+    monkeypatch.setitem(sys.modules, "modelscope.hub.snapshot_download", None)  # as if not installed
+    r = cli("inspect", "modelscope:OpenBMB/MiniCPM4-8B")
+    assert_one_line_error(r, "needs the modelscope package", "pip install 'minicpm[modelscope]'", code=2)
