@@ -123,7 +123,7 @@ def _hub_error(repo: str, revision: str | None, exc: Exception) -> UserError:
         from huggingface_hub import constants
 
         return UserError(f"{repo}: disk full while downloading into {constants.HF_HUB_CACHE} ({exc.strerror}); "
-                         "free space (or set HF_HOME to a larger disk) and run again: the download resumes")
+                         "free space (or set HF_HOME to a larger disk) and run again: files already fetched are kept")
     return UserError(f"{repo}: {endpoint} not reachable ({type(exc).__name__}): pass a local folder, "
                      "or set HF_ENDPOINT")
 

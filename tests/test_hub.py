@@ -204,3 +204,31 @@ def test_a_modelscope_id_goes_through_the_modelscope_package(cli, monkeypatch, t
     monkeypatch.setitem(sys.modules, "modelscope.hub.snapshot_download", None)  # as if not installed
     r = cli("inspect", "modelscope:OpenBMB/MiniCPM4-8B")
     assert_one_line_error(r, "needs the modelscope package", "pip install 'minicpm[modelscope]'", code=2)
+
+
+def test_a_full_disk_during_download_leaves_no_model_and_a_rerun_finishes(tiny, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) makes the 3 MB shards fail to write, as a full disk would."""
+    import resource
+
+    src = tiny("dense-gqa-tied")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env |= {"HF_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "minicpm_cli", "convert", "openbmb/tiny", "--to", "llama", "-o", tmp_path / "out"]
+
+    def one_megabyte():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    with FakeHub({"openbmb/tiny": src}) as hub:
+        env["HF_ENDPOINT"] = hub.endpoint
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, preexec_fn=one_megabyte)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        last = run.stderr.strip().splitlines()[-1]  # above it: huggingface_hub's own progress bars
+        assert last.startswith("error: openbmb/tiny: disk full while downloading into") and "HF_HOME" in last
+        assert not (tmp_path / "out").exists()
+        snapshot = next((tmp_path / "home" / "hub" / "models--openbmb--tiny" / "snapshots").iterdir())
+        assert not list(snapshot.glob("model-0000[12]*"))  # the shards that did not fit are not in the model
+        offline = subprocess.run(cmd, env=env | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+        assert "the cached snapshot is incomplete" in offline.stderr and offline.returncode == 1
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in snapshot.glob("model-*")) == sorted(p.name for p in src.glob("model-*"))
