@@ -138,8 +138,9 @@ def _cached(repo: str, revision: str | None, weights: bool, reason: str) -> Path
                                         allow_patterns=list(CONFIG_FILES)))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         where = f" at revision {revision!r}" if revision else ""
+        advice = "unset it to download" if "HF_HUB_OFFLINE" in reason else "set HF_ENDPOINT"
         raise UserError(f"{repo}{where}: no such local folder, not in the Hugging Face cache, and {reason}: "
-                        "pass a local folder, or set HF_ENDPOINT") from None
+                        f"pass a local folder, or {advice}") from None
     files = [p.name for p in folder.iterdir() if p.exists()]  # a dangling link is not a file
     try:
         _wanted(files, weights, lambda index: _weight_map(folder, index))
@@ -176,6 +177,15 @@ def _huggingface(repo: str, revision: str | None, weights: bool) -> Path:
         if "not reachable" in str(error):
             return _cached(repo, revision, weights, f"{_endpoint()} is not reachable")
         raise error from None
+
+
+def repo_name(folder: Path) -> str | None:
+    """`name` for a snapshot folder of the Hugging Face cache (…/models--org--name/snapshots/<commit>)."""
+    folder = Path(folder)
+    storage = folder.parent.parent.name
+    if folder.parent.name == "snapshots" and storage.startswith("models--"):
+        return storage.split("--")[-1]
+    return None
 
 
 # --- ModelScope ----------------------------------------------------------------------------------------

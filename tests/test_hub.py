@@ -96,6 +96,11 @@ def test_a_cache_laid_out_as_huggingface_hub_writes_it_serves_a_revision_offline
     rows = json.loads((tmp_path / "ppl.json").read_text())["models"]
     assert rows[0]["ppl"] == pytest.approx(rows[1]["ppl"], rel=1e-6)  # the cached snapshot is the folder
     assert "openbmb/tiny-2b" in r.out
+    r = cli("convert", "openbmb/tiny-2b", "--to", "gguf", "-o", tmp_path / "named.gguf", "--revision", "v1.0")
+    assert r.code == 0, r
+    from converters.gguf_read import gguf_metadata
+
+    assert gguf_metadata(tmp_path / "named.gguf")["general.name"] == "tiny-2b"  # the repository, not the commit
     r = cli("convert", "openbmb/tiny-2b", "--to", "gguf", "-o", tmp_path / "m.gguf", "--revision", "v2.0")
     assert_one_line_error(r, "openbmb/tiny-2b at revision 'v2.0'", "HF_HUB_OFFLINE", "pass a local folder")
     assert not (tmp_path / "m.gguf").exists()
@@ -121,8 +126,8 @@ def test_inspect_on_a_hub_name_reads_only_config_and_tokenizer_files(tiny, cli, 
 def test_offline_without_the_model_in_the_cache_is_one_line(cli, hub_env, tmp_path):
     hub_env.offline()
     r = cli("convert", "openbmb/MiniCPM4-8B", "--to", "gguf", "-o", tmp_path / "m.gguf")
-    assert_one_line_error(r, "openbmb/MiniCPM4-8B", "not in the Hugging Face cache", "HF_HUB_OFFLINE",
-                          "pass a local folder, or set HF_ENDPOINT", code=1)
+    assert_one_line_error(r, "openbmb/MiniCPM4-8B", "not in the Hugging Face cache", "HF_HUB_OFFLINE is set: "
+                          "pass a local folder, or unset it to download", code=1)
 
 
 def test_an_unreachable_hub_is_one_line(cli, hub_env, tmp_path):
