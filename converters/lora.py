@@ -6,14 +6,16 @@ where r and alpha come from `rank_pattern` / `alpha_pattern` when a pattern name
 rule: the first pattern that matches the end of the module name at a '.' boundary), else from `r` and
 `lora_alpha`. An Embedding [num, dim] with lora_embedding_A [r, num] and lora_embedding_B [dim, r] gets
 W' += s · (B·A)ᵀ. `modules_to_save` entries (e.g. a fine-tuned lm_head or embed_tokens) replace the base
-tensor. Several adapters apply in the order given. The arithmetic is float32 and happens before muP
+tensor. DoRA (use_dora) on a Linear is merged exactly as PEFT does:
+W' = (m / ‖W + s·B·A‖_row) · (W + s·B·A), m the learned magnitude per output row. Several adapters
+apply in the order given, each on the result of the previous ones. The arithmetic is float32 and happens before muP
 folding, so the folded model is exactly the folded merge.
 
 Invariants:
 - The base is MODEL. An adapter's `base_model_name_or_path` is reported, never opened.
 - Everything is checked before any tensor is merged: PEFT type, every key's module exists in the base,
-  every A/B/saved shape agrees with the base tensor and the configured rank; unsupported variants
-  (DoRA, trained biases, layer replication, target_parameters) are refused with one line.
+  every A/B/magnitude/saved shape agrees with the base tensor and the configured rank; unsupported
+  variants (DoRA on embeddings, trained biases, layer replication, target_parameters) are refused.
 - Streaming: a base tensor is merged when the converter reads it; adapter tensors are read lazily, so
   peak memory stays one base tensor plus that module's A and B.
 - A tied base (lm_head = embed_tokens) keeps one shared tensor for LoRA deltas on either (PEFT merges
@@ -39,7 +41,7 @@ from .errors import UsageError, UserError
 PREFIX = "base_model.model."
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 # adapter_config.json keys that change the maths in ways this merge does not implement
-UNSUPPORTED = {"use_dora": "DoRA", "layer_replication": "layer replication", "target_parameters": "target_parameters",
+UNSUPPORTED = {"layer_replication": "layer replication", "target_parameters": "target_parameters",
                "lora_bias": "LoRA biases", "trainable_token_indices": "trainable token indices"}
 
 
@@ -50,6 +52,7 @@ class Delta:
     b: str  # adapter key of B
     scaling: float
     embedding: bool  # lora_embedding_A/B: the delta is transposed
+    magnitude: str | None = None  # DoRA: adapter key of the magnitude vector m [out]
 
 
 @dataclass
@@ -141,6 +144,10 @@ def _classify(adapter: Adapter) -> None:
             module, part = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
             pairs.setdefault(module, {})[part] = key
             continue
+        m = re.fullmatch(r"(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?", name)
+        if m and c.get("use_dora"):
+            pairs.setdefault(m.group(1), {})["magnitude"] = key
+            continue
         m = re.fullmatch(r"(.+?)(?:\.modules_to_save(?:\.[^.]+)?)?\.(weight)", name)
         if m and (m.group(1) in (c.get("modules_to_save") or []) or m.group(1).split(".")[-1]
                   in (c.get("modules_to_save") or [])):
@@ -156,7 +163,11 @@ def _classify(adapter: Adapter) -> None:
         r = pattern_value(c.get("rank_pattern") or {}, module, c["r"])
         alpha = pattern_value(c.get("alpha_pattern") or {}, module, c["lora_alpha"])
         scaling = alpha / math.sqrt(r) if c.get("use_rslora") else alpha / r
-        adapter.deltas[f"{module}.weight"] = Delta(a, b, scaling, embedding)
+        magnitude = parts.get("magnitude")
+        if c.get("use_dora") and (embedding or magnitude is None):
+            raise UsageError(f"--lora {adapter.path}: DoRA on {module} "
+                             f"{'(an embedding) is not supported' if embedding else 'has no magnitude vector'}")
+        adapter.deltas[f"{module}.weight"] = Delta(a, b, scaling, embedding, magnitude)
         got = adapter._info[a].shape[0]
         if got != r:
             raise UserError(f"--lora {adapter.path}: {module} has rank {got} in its weights but r={r} "
@@ -180,7 +191,8 @@ def check_against(adapter: Adapter, ckpt, tied: bool) -> None:
                             f"{ckpt.path} has no 2-D weight for (made for another model?)")
         base = ckpt.info(target).shape
         want_a, want_b = _expected(delta, adapter._info, base)
-        for key, want in ((delta.a, want_a), (delta.b, want_b)):
+        checks = [(delta.a, want_a), (delta.b, want_b)] + ([(delta.magnitude, (base[0],))] if delta.magnitude else [])
+        for key, want in checks:
             got = adapter._info[key].shape
             if got != want:
                 raise UserError(f"--lora {adapter.path}: {key} has shape {list(got)} but the base's "
@@ -240,6 +252,9 @@ class Merge:
                     b = adapter.tensor(delta.b).to(torch.float32)
                     update = b @ a
                     w = w + delta.scaling * (update.t() if delta.embedding else update)
+                    if delta.magnitude is not None:  # DoRA: each output row rescaled to its learned norm
+                        m = adapter.tensor(delta.magnitude).to(torch.float32)
+                        w = (m / torch.linalg.norm(w, dim=1))[:, None] * w
         return w
 
 

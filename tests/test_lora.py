@@ -116,6 +116,7 @@ def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
                               alpha_pattern={r"layers\.1\.self_attn\.v_proj": 5}, modules_to_save=["lm_head"])),
     ("dense-gqa-tied", dict(r=4, lora_alpha=8, use_rslora=True, target_modules=LINEARS + ["embed_tokens"])),
     ("minicpm4", dict(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], _bin=True)),
+    ("dense-mha-untied", dict(r=4, lora_alpha=8, target_modules=LINEARS, use_dora=True)),
     # a trained copy of the tied head: peft's merged model has its own lm_head, so ours is untied too
     ("dense-gqa-tied", dict(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"])),
 ])
@@ -202,7 +203,7 @@ def _edit_adapter(folder, config=None, tensors=None):
 
 
 @pytest.mark.parametrize("case, needles", [
-    ("dora", ["DoRA is not supported", "use_dora"]),
+    ("dora without magnitudes", ["DoRA on model.layers.0.self_attn.q_proj has no magnitude vector"]),
     ("wrong shape", ["has shape [4, 128]", "needs [4, 256]", "made for another model?"]),
     ("missing module", ["targets model.layers.9.self_attn.q_proj", "no 2-D weight"]),
     ("rank disagrees", ["rank 4 in its weights but r=8"]),
@@ -214,7 +215,7 @@ def test_bad_adapters_are_one_line_and_leave_nothing(case, needles, tiny, cli, t
     adapter = tmp_path / "adapter"
     make_adapter(src, adapter, r=4, lora_alpha=8, target_modules=["q_proj"])
     key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
-    if case == "dora":
+    if case == "dora without magnitudes":
         _edit_adapter(adapter, {"use_dora": True})
     elif case == "wrong shape":
         _edit_adapter(adapter, tensors=lambda w: w | {key: w[key][:, :128].contiguous()})
