@@ -151,6 +151,7 @@ def _cached(repo: str, revision: str | None, weights: bool, reason: str) -> Path
 
 
 def _huggingface(repo: str, revision: str | None, weights: bool) -> Path:
+    import httpx
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     if _offline():
@@ -172,11 +173,22 @@ def _huggingface(repo: str, revision: str | None, weights: bool) -> Path:
         return Path(snapshot_download(repo, revision=revision, allow_patterns=wanted, endpoint=endpoint))
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - mapped to one line below; unknown kinds say "not reachable"
-        error = _hub_error(repo, revision, exc)
-        if "not reachable" in str(error):
+    except ValueError as exc:  # huggingface_hub's HFValidationError: a name the Hub cannot hold
+        raise UsageError(f"{repo}: no such local folder, nor a valid Hugging Face repository id ({exc})") from None
+    except (OSError, httpx.HTTPError) as exc:  # HfHubHTTPError is an OSError too; anything else is a bug
+        if _unreachable(exc):
             return _cached(repo, revision, weights, f"{_endpoint()} is not reachable")
-        raise error from None
+        raise _hub_error(repo, revision, exc) from None
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Neither an answer from the Hub nor a local disk error: the network (connection, DNS, timeout)."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    disk = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    network = isinstance(exc, (OSError, httpx.TransportError))  # OSError: also the library's cache fallback
+    return network and not disk and not isinstance(exc, HfHubHTTPError)
 
 
 def repo_name(folder: Path) -> str | None:
