@@ -260,10 +260,10 @@ def convert_to_gguf(src, out, outtype: str = "f16", fold: bool = False, force: b
                     imatrix: Path | str | None = None,
                     on_tensor: Callable[[str, int], None] | None = None) -> GGUFResult:
     out = Path(out)
-    check_output(out, force)
+    check_output(out, force, "gguf", [src])
     ckpt, plan, vocab, outtype = prepare(src, outtype, fold, imatrix)
     importance = check_imatrix(Path(imatrix), plan) if imatrix is not None else None  # fail before the write
-    with atomic_output(out, force, is_dir=False) as tmp:
+    with atomic_output(out, force, "gguf", [ckpt.path]) as tmp:
         if outtype in KQUANT_FTYPES:
             base = tmp.with_name(tmp.name + "." + intermediate_type(plan))
             try:

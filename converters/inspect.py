@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .checkpoint import Checkpoint, model_folder, read_json
-from .errors import UsageError
+from .checkpoint import Checkpoint, model_folder, read_config, read_json
+from .errors import UsageError, UserError
 from .gguf_read import is_gguf, metadata, open_gguf
 from .shapes import check_checkpoint, shapes
 
@@ -41,16 +41,16 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
 
         return "sentencepiece", len(load_tokenizer(folder))
     if (folder / "tokenizer.json").is_file():
-        import json
-
-        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-        return model.get("type", "?").lower(), len(model.get("vocab", {}))
+        model = read_json(folder / "tokenizer.json").get("model")
+        if not isinstance(model, dict) or not isinstance(model.get("type", ""), str):
+            raise UserError(f"{folder / 'tokenizer.json'}: malformed (no tokenizer model object)")
+        return model.get("type", "?").lower(), len(model.get("vocab") or {})
     return "none", None
 
 
 def inspect_folder(path: Path) -> dict:
     folder = model_folder(path)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     quantized = "quantization_config" in config
     if quantized:  # packed tensors do not show the parameter count: derive it from the config
         family = config.get("model_type", "?")

@@ -55,7 +55,7 @@ def convert_to_llama(src: Path | str, out: Path | str, dtype: str = "auto", forc
                      on_tensor: Callable[[str, int], None] | None = None) -> ConvertResult:
     ckpt, out_dtype, config, plan = plan_llama(src, dtype)
     limit = parse_size(max_shard_size)
-    with atomic_output(Path(out), force) as tmp:
+    with atomic_output(Path(out), force, "model", [ckpt.path]) as tmp:
         files = write_sharded(tmp, plan, out_dtype, limit, on_tensor)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         files += ["config.json"] + copy_tokenizer_files(ckpt.path, tmp)

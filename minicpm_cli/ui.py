@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -26,9 +24,9 @@ def stage(fn):
         except UserError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (app.Terminated, which has .signum)
             err_console.print("[bold red]interrupted[/]: nothing was written", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
     return run
 
 
@@ -50,10 +48,6 @@ def table(title: str, columns: list[str], rows: list[list]) -> Table:
     for r in rows:
         t.add_row(*[str(x) for x in r])
     return t
-
-
-def write_json(path, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def human_bytes(n: float) -> str:

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from converters.atomic import atomic_output, check_output
-from converters.checkpoint import DTYPE_NAMES, Checkpoint, model_folder, read_json
+from converters.checkpoint import DTYPE_NAMES, Checkpoint, model_folder, read_config
 from converters.errors import UsageError, UserError
 from converters.shapes import check_checkpoint
 
@@ -226,14 +226,16 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
     start = time.perf_counter()
     src, out = Path(src), Path(out)
     resolve_options(opts)  # option errors first, before touching files
-    check_output(out, force)
+    check_output(out, force, "model", [src])
     folder = model_folder(src)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "some method")
         raise UsageError(f"{folder}: already quantized ({method}); quantize the float model instead")
     ckpt = Checkpoint(folder)
     check_checkpoint(ckpt)  # before calibration data is fetched or anything is computed
+    for name in ckpt.names:  # one streaming read: a NaN/inf weight is an error before minutes of work
+        ckpt.get(name)
     family = ckpt.family
     moe = family in ("minicpm-moe", "mixtral")
     opts = resolve_options(opts, moe=moe)
@@ -254,7 +256,7 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
                        "tokens": calib.tokens, "documents": calib.used_documents, "seed": opts.seed}
 
     bytes_before = weight_bytes(folder)
-    with atomic_output(out, force) as tmp, quiet():
+    with atomic_output(out, force, "model", [folder]) as tmp, quiet():
         if opts.method in ("awq", "gptq"):
             from .llmc import oneshot_quantize
 

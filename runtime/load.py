@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from converters.checkpoint import Checkpoint, model_folder, read_json
+from converters.checkpoint import Checkpoint, model_folder, read_config
 from converters.errors import UsageError, UserError
 from converters.gguf_read import is_gguf
 from converters.tokenizer import load_tokenizer
@@ -142,12 +142,13 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     from transformers import AutoModelForCausalLM
 
     folder = model_folder(path)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     quant = config.get("quantization_config")
     dtype = dtype or torch.float32
     try:
         if quant is None and config.get("model_type") == "minicpm":
             ckpt = Checkpoint(folder)
+            ckpt.check_finite = False  # scoring or chatting with it only warns (below)
             family, model = ckpt.family, folded_model(ckpt, dtype)
         elif config.get("model_type") == "minicpm3":
             from transformers import MiniCPM3ForCausalLM
@@ -169,9 +170,25 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
         raise UserError(f"{folder}: cannot load model ({type(exc).__name__}: {exc})") from None
     if not quant:
         model = model.to(device)
+    warn_non_finite(model, folder)
     method = quant.get("quant_method") if quant else None
     return LoadedModel(folder, "hf", family, model.eval(), load_tokenizer(folder), device,
                        config.get("max_position_embeddings", 0), _eos_ids(config), method)
+
+
+def non_finite_parameters(model) -> list[str]:
+    with torch.no_grad():
+        return [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+
+
+def warn_non_finite(model, where) -> None:
+    """NaN/inf weights make every score NaN: say so on stderr before the results, once per model."""
+    import sys
+
+    bad = non_finite_parameters(model)
+    if bad:
+        print(f"warning: {where}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); "
+              "its outputs are meaningless", file=sys.stderr, flush=True)
 
 
 class GGUFTokenizer:

@@ -160,6 +160,7 @@ class Encoder:
         else:
             from llama_cpp import Llama
 
+            gguf_metadata(path)  # sizes llama.cpp would abort on are one clear error first
             try:  # llama-cpp-python 0.3 prints llama.cpp warnings even with verbose=False: hush them here
                 with contextlib.redirect_stderr(io.StringIO()):
                     llama = Llama(str(path), vocab_only=True, verbose=False)
@@ -529,6 +530,8 @@ def evaluate(paths: list[Path | str], text: str, ctx: int = 2048, stride: int | 
                 seconds = time.perf_counter() - start
             mem.sample_device()
         ppl, err = ppl_stderr(nll)
+        if not math.isfinite(ppl):
+            warnings.append(f"{prep.path}: perplexity is {ppl} (NaN or infinite logits: damaged weights?)")
         on_gpu = device == "cuda" and model.backend == "hf"
         peak = mem.cuda_growth if on_gpu else max(mem.rss_growth, mem.device_growth)
         results.append(ModelResult(
