@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checkpoint import read_json
 from .errors import UserError
-from .tokenizer import _check_tokenizer_json, added_token_ids, chat_template, sp_proto
+from .tokenizer import read_tokenizer_json, added_token_ids, chat_template, sp_proto
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # GGUF token types
 
@@ -115,7 +115,7 @@ def _split_regexes(pre: dict | None) -> tuple[str, ...]:
 
 def _byte_level_bpe(folder: Path, rows: int) -> Vocab:
     path = folder / "tokenizer.json"
-    data = _check_tokenizer_json(path)
+    data = read_tokenizer_json(path)
     model = data.get("model") or {}
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
         raise UserError(f"{path}: only byte-level BPE tokenizer.json is supported without a tokenizer.model")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .checkpoint import Checkpoint, model_folder, read_config, read_json
-from .errors import UsageError, UserError
+from .checkpoint import Checkpoint, model_folder, read_config
+from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
 from .shapes import check_checkpoint, shapes
 
@@ -41,10 +41,10 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
 
         return "sentencepiece", len(load_tokenizer(folder))
     if (folder / "tokenizer.json").is_file():
-        model = read_json(folder / "tokenizer.json").get("model")
-        if not isinstance(model, dict) or not isinstance(model.get("type", ""), str):
-            raise UserError(f"{folder / 'tokenizer.json'}: malformed (no tokenizer model object)")
-        return model.get("type", "?").lower(), len(model.get("vocab") or {})
+        from .tokenizer import read_tokenizer_json
+
+        model = read_tokenizer_json(folder / "tokenizer.json")["model"]
+        return str(model.get("type", "?")).lower(), len(model.get("vocab") or {})
     return "none", None
 
 

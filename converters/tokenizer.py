@@ -111,8 +111,9 @@ def load_tokenizer(folder: Path):
     folder = Path(folder)
     sp_model = folder / "tokenizer.model"
     added_token_ids(folder, tokenizer_rows(folder))  # every id in range before transformers allocates for it
+    chat_template(folder)  # transformers reads it too: a template that is not UTF-8 is our one line first
     if (folder / "tokenizer.json").is_file() and not sp_model.is_file():
-        _check_tokenizer_json(folder / "tokenizer.json")
+        read_tokenizer_json(folder / "tokenizer.json")
     try:
         if sp_model.is_file():
             from transformers import AddedToken
@@ -133,7 +134,7 @@ def load_tokenizer(folder: Path):
     raise UserError(f"{folder}: no tokenizer (tokenizer.model or tokenizer.json)")
 
 
-def _check_tokenizer_json(path: Path) -> dict:
+def read_tokenizer_json(path: Path) -> dict:
     """tokenizer.json's model: a vocab of token -> id (ids in range) and merges, or one clear error."""
     data = read_json(path)
     model = data.get("model")
