@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,36 @@ class GGUFTokenizer:
         return self.llama.n_vocab()
 
 
+@contextlib.contextmanager
+def llama_cpp_errors():
+    """Collect llama.cpp's error log lines (llama-cpp-python sends them to a silenced stderr when
+    verbose=False), so a load failure can name llama.cpp's own reason in one line."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        if level == 4:  # GGML_LOG_LEVEL_ERROR in the ggml this llama-cpp-python bundles (3 is WARN)
+            lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def llama_cpp_reason(lines: list[str], exc: Exception) -> str:
+    """The most specific line llama.cpp logged ("error loading model: missing tensor ..."), else exc."""
+    text = [line.strip() for line in "".join(lines).splitlines() if line.strip()]
+    specific = [line for line in text if "error loading model:" in line] or text[-1:]
+    return (specific[0].split("error loading model:")[-1].strip() if specific else str(exc))[:300]
+
+
 def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, device: str = "cpu",
               logits_all: bool = True) -> LoadedModel:
     path = Path(path)
@@ -221,12 +252,13 @@ def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, d
     meta = gguf_metadata(path)
     arch = meta.get("general.architecture", "llama")
     train_ctx = int(meta.get(f"{arch}.context_length", n_ctx))
-    try:
-        llama = Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=threads or os.cpu_count(),
-                      n_batch=min(n_ctx, 512), type_k=0, type_v=0, verbose=False,
-                      n_gpu_layers=-1 if device == "cuda" else 0)
-    except Exception as exc:
-        raise UserError(f"{path}: llama.cpp cannot load this GGUF ({exc})") from None
+    with llama_cpp_errors() as errors:
+        try:
+            llama = Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=threads or os.cpu_count(),
+                          n_batch=min(n_ctx, 512), type_k=0, type_v=0, verbose=False,
+                          n_gpu_layers=-1 if device == "cuda" else 0)
+        except Exception as exc:
+            raise UserError(f"{path}: llama.cpp cannot load this GGUF ({llama_cpp_reason(errors, exc)})") from None
     eos = [int(meta["tokenizer.ggml.eos_token_id"])] if "tokenizer.ggml.eos_token_id" in meta else []
     if "tokenizer.ggml.eot_token_id" in meta:
         eos.append(int(meta["tokenizer.ggml.eot_token_id"]))

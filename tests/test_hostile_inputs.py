@@ -382,3 +382,30 @@ def test_a_gguf_with_an_absurd_block_count_is_refused_before_llama_cpp(verb, cli
 
     path = absurd_gguf(tmp_path / "absurd.gguf")
     assert_one_line_error(cli(*verb_args(verb, path, tmp_path)), "llama.block_count", "1000000000", code=1)
+
+
+def gguf_missing_tensors(path: Path) -> Path:
+    """Plausible llama metadata, a vocabulary, and no layer tensors: llama.cpp itself refuses it."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    for method, value in (("add_block_count", 1), ("add_context_length", 64), ("add_embedding_length", 64),
+                          ("add_feed_forward_length", 128), ("add_head_count", 4), ("add_head_count_kv", 4),
+                          ("add_layer_norm_rms_eps", 1e-5), ("add_tokenizer_model", "gpt2"),
+                          ("add_token_list", [chr(ord("a") + i) for i in range(16)]),
+                          ("add_token_types", [1] * 16), ("add_token_merges", ["a b"])):
+        getattr(writer, method)(value)
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_llama_cpp_load_errors_reach_the_user_as_one_line(cli, tmp_path):
+    path = gguf_missing_tensors(tmp_path / "broken.gguf")
+    r = cli("chat", path, "--prompt", "hi", "--max-new-tokens", "2", "--device", "cpu")
+    assert_one_line_error(r, "broken.gguf", "llama.cpp cannot load this GGUF", "output_norm.weight' not found", code=1)
