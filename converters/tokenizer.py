@@ -99,6 +99,8 @@ def added_token_ids(folder: Path, rows: int) -> dict[int, tuple[str, bool]]:
 
 def tokenizer_rows(folder: Path) -> int:
     """How many token ids a folder's tokenizer files may use: its config's vocab_size (limits-checked)."""
+    if not (folder / "config.json").is_file():  # a tokenizer-only folder (tests build one before the model)
+        return INT_LIMITS["vocab_size"]
     config = read_json(folder / "config.json")
     vocab = config.get("vocab_size")
     return vocab if isinstance(vocab, int) and 0 < vocab <= INT_LIMITS["vocab_size"] else INT_LIMITS["vocab_size"]

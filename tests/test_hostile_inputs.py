@@ -409,3 +409,37 @@ def test_llama_cpp_load_errors_reach_the_user_as_one_line(cli, tmp_path):
     path = gguf_missing_tensors(tmp_path / "broken.gguf")
     r = cli("chat", path, "--prompt", "hi", "--max-new-tokens", "2", "--device", "cpu")
     assert_one_line_error(r, "broken.gguf", "llama.cpp cannot load this GGUF", "output_norm.weight' not found", code=1)
+
+
+# --- each file truncated, empty, of the wrong format -----------------------------------------------
+FILES = ["config.json", "tokenizer_config.json", "generation_config.json", "model.safetensors.index.json",
+         "tokenizer.model", "model-00001-of-00002.safetensors"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "wrong format"])
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("verb", ["convert", "chat"])
+def test_each_file_truncated_empty_or_of_the_wrong_format_is_one_line(verb, name, damage, cli, model, tmp_path):
+    from test_bad_inputs import verb_args
+
+    path = model / name
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                      "wrong format": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4}[damage])
+    r = cli(*verb_args(verb, model, tmp_path))
+    assert_one_line_error(r, name)
+    assert_no_out(tmp_path)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("architectures", 5), ("architectures", [["MiniCPMForCausalLM"]]), ("model_type", ["minicpm"]),
+    ("torch_dtype", ["bfloat16"]), ("rope_scaling", "longrope"), ("eos_token_id", "</s>"),
+    ("bos_token_id", [None]), ("tie_word_embeddings", "yes"), ("num_experts", "8"),
+])
+@pytest.mark.parametrize("verb", ["convert", "inspect"])
+def test_each_config_value_of_the_wrong_type_is_one_line_or_ignored(key, value, verb, cli, model, tmp_path):
+    edit_json(model / "config.json", **{key: value})
+    r = convert_gguf(cli, model, tmp_path) if verb == "convert" else cli("inspect", model)
+    if r.code != 0:
+        assert_one_line_error(r, "config.json")
+    assert "Traceback" not in r.err
