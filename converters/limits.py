@@ -42,8 +42,30 @@ def _positive_int(value, key: str, where, limit: int) -> int:
     return value
 
 
+def _check_types(config: dict, where) -> None:
+    """The keys that name things: the type transformers and the converters expect, or one clear error."""
+    def bad(key, expected):
+        return UserError(f"{where}: {key} must be {expected}, got {config[key]!r}"[:300])
+
+    archs = config.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise bad("architectures", "a list of class names")
+    for key in ("model_type", "torch_dtype", "dtype"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise bad(key, "a string")
+    for key in ("tie_word_embeddings", "use_cache"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise bad(key, "true or false")
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = config.get(key)
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise bad(key, "a token id or a list of them")
+
+
 def check_config(config: dict, where) -> None:
     """Every size config.json claims: a positive integer under its limit; every muP/RoPE scalar finite > 0."""
+    _check_types(config, where)
     for key, limit in INT_LIMITS.items():
         if config.get(key) is not None:
             _positive_int(config[key], key, where, limit)

@@ -149,7 +149,7 @@ def test_a_weight_map_entry_outside_the_folder_is_refused(entry, cli, model, tmp
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja",
-                                  "model-00001-of-00002.safetensors"])
+                                  "model-00001-of-00003.safetensors"])
 @pytest.mark.parametrize("verb", ["convert", "inspect", "chat"])
 def test_a_file_that_links_out_of_the_folder_is_refused(name, verb, cli, model, tmp_path):
     from test_bad_inputs import verb_args
@@ -413,7 +413,7 @@ def test_llama_cpp_load_errors_reach_the_user_as_one_line(cli, tmp_path):
 
 # --- each file truncated, empty, of the wrong format -----------------------------------------------
 FILES = ["config.json", "tokenizer_config.json", "generation_config.json", "model.safetensors.index.json",
-         "tokenizer.model", "model-00001-of-00002.safetensors"]
+         "tokenizer.model", "model-00001-of-00003.safetensors"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "wrong format"])
@@ -427,6 +427,9 @@ def test_each_file_truncated_empty_or_of_the_wrong_format_is_one_line(verb, name
     path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
                       "wrong format": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4}[damage])
     r = cli(*verb_args(verb, model, tmp_path))
+    if verb == "chat" and name == "generation_config.json":  # chat does not read it: damage is harmless
+        assert r.code == 0 and "Traceback" not in r.err, r
+        return
     assert_one_line_error(r, name)
     assert_no_out(tmp_path)
 
@@ -434,12 +437,10 @@ def test_each_file_truncated_empty_or_of_the_wrong_format_is_one_line(verb, name
 @pytest.mark.parametrize("key,value", [
     ("architectures", 5), ("architectures", [["MiniCPMForCausalLM"]]), ("model_type", ["minicpm"]),
     ("torch_dtype", ["bfloat16"]), ("rope_scaling", "longrope"), ("eos_token_id", "</s>"),
-    ("bos_token_id", [None]), ("tie_word_embeddings", "yes"), ("num_experts", "8"),
+    ("bos_token_id", [None]), ("tie_word_embeddings", "yes"), ("num_experts", "8"), ("pad_token_id", -1),
 ])
 @pytest.mark.parametrize("verb", ["convert", "inspect"])
-def test_each_config_value_of_the_wrong_type_is_one_line_or_ignored(key, value, verb, cli, model, tmp_path):
+def test_each_config_value_of_the_wrong_type_is_one_line(key, value, verb, cli, model, tmp_path):
     edit_json(model / "config.json", **{key: value})
     r = convert_gguf(cli, model, tmp_path) if verb == "convert" else cli("inspect", model)
-    if r.code != 0:
-        assert_one_line_error(r, "config.json")
-    assert "Traceback" not in r.err
+    assert_one_line_error(r, "config.json", key, code=1)
