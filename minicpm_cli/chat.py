@@ -12,7 +12,6 @@ from rich.text import Text
 
 from converters.atomic import atomic_output
 from converters.errors import UsageError, UserError
-from .app import app
 from .ui import console, err_console, stage
 
 HELP = """commands:
@@ -234,7 +233,6 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
     return ChatSession(model, fmt, generator, sampling, system)
 
 
-@app.command()
 @stage
 def chat(
     model: Path = typer.Argument(..., help="MiniCPM / llama-format / quantized / MiniCPM3 folder, or a .gguf file."),

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from converters.atomic import check_output
-from .app import app
 from .ui import byte_progress, console, human_bytes, stage, table, write_json
 
 
@@ -17,7 +16,6 @@ class Target(str, Enum):
     gguf = "gguf"
 
 
-@app.command()
 @stage
 def convert(
     src: Path = typer.Argument(..., help="MiniCPM Hugging Face folder (config.json + weights + tokenizer)."),

@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .app import app
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
@@ -48,7 +47,6 @@ def layer_progress():
             bars.stop()
 
 
-@app.command()
 @stage
 def quantize(
     src: Path = typer.Argument(..., help="MiniCPM 1/2/4, MiniCPM-MoE or MiniCPM3 folder, or a Llama/Mixtral folder."),

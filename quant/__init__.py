@@ -1,1 +1,1 @@
-"""Quantizers: AWQ/GPTQ through llm-compressor, bitsandbytes, and the RTN baseline (see quantize.py)."""
+"""Quantizers: AWQ/GPTQ through llm-compressor, bitsandbytes."""

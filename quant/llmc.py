@@ -3,7 +3,7 @@
 llm-compressor runs the model one decoder layer at a time (its "sequential pipeline"): it feeds the
 calibration rows through a layer, quantizes that layer (GPTQ) or searches its smoothing scales
 (AWQ), then propagates the quantized layer's outputs to the next one. We hook the end of each layer
-to drive our progress bar (`quant.quiet` keeps its own bars and logs off the terminal).
+to drive our progress bar (`converters.quiet` keeps its own bars and logs off the terminal).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from converters.checkpoint import DTYPE_NAMES, Checkpoint, model_folder, read_js
 from converters.errors import UsageError, UserError
 from converters.shapes import check_checkpoint
 
-from .quiet import quiet
+from converters.quiet import quiet
 
 METHOD_BITS = {"awq": (4, 8), "gptq": (4, 8), "bnb": (4, 8)}
 FORMAT = {"awq": "compressed-tensors", "gptq": "compressed-tensors", "bnb": "bitsandbytes"}

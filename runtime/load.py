@@ -132,7 +132,7 @@ def quiet_loading(quant: dict | None):
     # bitsandbytes notes, once per layer kind, that it casts bf16 inputs to f16 while generating
     warnings.filterwarnings("ignore", message="MatMul8bitLt")
     try:
-        from quant.quiet import quiet
+        from converters.quiet import quiet
     except ImportError:  # the quant extra is not installed: its libraries may be chatty
         return contextlib.nullcontext()
     return quiet()

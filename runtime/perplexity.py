@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from converters.checkpoint import model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.gguf_read import gguf_metadata, is_gguf
-from converters.inspect import disk_size as size_on_disk
+from converters.describe import disk_size as size_on_disk
 
 # progress(label, total_tokens) -> context manager yielding advance(n_tokens)
 Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
@@ -290,7 +290,7 @@ def import_backends(paths: list[Path]) -> None:
         with contextlib.suppress(ImportError):
             import compressed_tensors  # noqa: F401
 
-            from quant.quiet import quiet
+            from converters.quiet import quiet
 
             with quiet():  # imports the modules whose bars it silences
                 pass
