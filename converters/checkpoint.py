@@ -13,15 +13,13 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError, UserError
+from .tensors import element_count
 
 SAFETENSORS_DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-# --dtype values and config.json's torch_dtype names
-DTYPE_NAMES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
-               "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 # family -> the architectures / model_types that name it
 FAMILIES = {
@@ -39,10 +37,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return element_count(self.shape) * self.dtype.itemsize
 
 
 def read_json(path: Path) -> dict:

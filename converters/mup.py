@@ -17,15 +17,7 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import UserError
 from .shapes import check_shapes, shapes
-
-
-@dataclass
-class OutTensor:
-    """A tensor of the output model: its name, shape and how to compute it on demand."""
-    name: str
-    shape: tuple[int, ...]
-    make: Callable[[], torch.Tensor]
-    source_dtype: torch.dtype
+from .tensors import OutTensor
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from typing import Callable
 import torch
 
 from .atomic import atomic_output
-from .checkpoint import DTYPE_NAMES, Checkpoint
+from .checkpoint import Checkpoint
 from .errors import UsageError
 from .mup import fold_plan, folded_config
-from .safetensors_out import nbytes, write_sharded
+from .safetensors_out import write_sharded
+from .tensors import declared_dtype, nbytes, resolve_dtype
 from .tokenizer import copy_tokenizer_files
 
 @dataclass
@@ -34,12 +35,8 @@ def parse_size(text: str) -> int:
 
 
 def output_dtype(name: str, ckpt: Checkpoint) -> torch.dtype:
-    if name == "auto":
-        declared = ckpt.config.get("torch_dtype") or ckpt.config.get("dtype")
-        return DTYPE_NAMES.get(declared) or ckpt.info("model.embed_tokens.weight").dtype
-    if name not in DTYPE_NAMES:
-        raise UsageError(f"--dtype {name}: expected one of auto, bf16, f16, f32")
-    return DTYPE_NAMES[name]
+    """auto: the dtype config.json declares, else the embedding's."""
+    return resolve_dtype(name, lambda: declared_dtype(ckpt.config) or ckpt.info("model.embed_tokens.weight").dtype)
 
 
 def plan_llama(src: Path | str, dtype: str = "auto"):

@@ -19,9 +19,10 @@ from typing import Callable
 import torch
 
 from converters.atomic import atomic_output, check_output
-from converters.checkpoint import DTYPE_NAMES, Checkpoint, model_folder, read_json
+from converters.checkpoint import Checkpoint, model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.shapes import check_checkpoint
+from converters.tensors import declared_dtype, resolve_dtype
 
 from converters.quiet import quiet
 
@@ -148,11 +149,8 @@ def weight_bytes(folder: Path) -> int:
 
 
 def source_dtype(config: dict, choice: str) -> torch.dtype:
-    if choice != "auto":
-        if choice not in DTYPE_NAMES:
-            raise UsageError(f"--dtype {choice}: expected bf16, f16, f32 or auto")
-        return DTYPE_NAMES[choice]
-    return DTYPE_NAMES.get(str(config.get("torch_dtype") or config.get("dtype") or "float32"), torch.float32)
+    """auto: the dtype config.json declares, else float32."""
+    return resolve_dtype(choice, declared_dtype(config) or torch.float32)
 
 
 def quantized_layer_count(model) -> int:

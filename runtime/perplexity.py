@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from converters.checkpoint import model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.gguf_read import gguf_metadata, is_gguf
+from converters.tensors import SHORT_NAMES, resolve_dtype as resolve_dtype_name
 from converters.describe import disk_size as size_on_disk
 
 # progress(label, total_tokens) -> context manager yielding advance(n_tokens)
 Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
 @contextlib.contextmanager
@@ -261,11 +261,8 @@ def first_difference(a: Prepared, b: Prepared) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":  # float32 on CPU (exact, and bf16 matmuls are slow on most CPUs)
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype}: expected auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    """auto: float32 on CPU (exact, and bf16 matmuls are slow on most CPUs), bf16 on CUDA."""
+    return resolve_dtype_name(dtype, torch.bfloat16 if device == "cuda" else torch.float32)
 
 
 def default_threads() -> int:
@@ -308,7 +305,7 @@ def weights_format(model, dtype: torch.dtype) -> str:
         return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
     if model.quantization:
         return str(model.quantization)
-    return {v: k for k, v in DTYPES.items()}[dtype]
+    return SHORT_NAMES[dtype]
 
 
 def load(path: Path, device: str, ctx: int, dtype: torch.dtype, threads: int | None = None):
