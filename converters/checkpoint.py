@@ -21,14 +21,6 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 
-# family -> the architectures / model_types that name it
-FAMILIES = {
-    "minicpm": ("MiniCPMForCausalLM", "minicpm"),
-    "minicpm3": ("MiniCPM3ForCausalLM", "minicpm3"),
-    "llama": ("LlamaForCausalLM", "llama"),
-    "mixtral": ("MixtralForCausalLM", "mixtral"),
-}
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -66,19 +58,6 @@ def model_folder(path: Path | str) -> Path:
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: not a model folder (no config.json)")
     return path
-
-
-def family_of(config: dict, where: Path) -> str:
-    archs = config.get("architectures") or []
-    model_type = config.get("model_type", "")
-    for family, (arch, mtype) in FAMILIES.items():
-        if arch in archs or model_type == mtype:
-            if family == "minicpm" and config.get("num_experts"):
-                return "minicpm-moe"
-            return family
-    name = archs[0] if archs else model_type or "unknown"
-    supported = ", ".join(a for a, _ in FAMILIES.values())
-    raise UserError(f"{where}: architecture {name} is not supported (supported: {supported})", code=2)
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:
@@ -119,6 +98,8 @@ class Checkpoint:
     def __init__(self, path: Path | str):
         self.path = model_folder(path)
         self.config = read_json(self.path / "config.json")
+        from .families import family_of  # families read checkpoints: imported when one is opened
+
         self.family = family_of(self.config, self.path / "config.json")
         self._where: dict[str, Path] = {}  # tensor name -> file
         self._info: dict[str, TensorInfo] = {}

@@ -7,7 +7,8 @@ from pathlib import Path
 from .checkpoint import Checkpoint, model_folder, read_json
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
-from .shapes import check_checkpoint, shapes
+from .families import family_of
+from .shapes import check_checkpoint
 from .tensors import element_count
 
 
@@ -54,8 +55,8 @@ def inspect_folder(path: Path) -> dict:
     config = read_json(folder / "config.json")
     quantized = "quantization_config" in config
     if quantized:  # packed tensors do not show the parameter count: derive it from the config
-        family = config.get("model_type", "?")
-        params = sum(element_count(s) for s in shapes(config, family, folder / "config.json").values())
+        family = family_of(config, folder / "config.json")
+        params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
         params += 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
         dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
     else:
@@ -69,7 +70,7 @@ def inspect_folder(path: Path) -> dict:
 
     mup = {k: config[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in config}
     return {
-        "path": str(folder), "format": "hf", "family": family,
+        "path": str(folder), "format": "hf", "family": family.name,
         "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
         "parameters": params, "dtypes": dtypes, "mup": mup,
         "quantization": _quantization(config),

@@ -274,4 +274,4 @@ def convert_to_gguf(src, out, outtype: str = "f16", fold: bool = False, force: b
         else:
             write_gguf(tmp, plan, vocab, outtype, on_tensor)
         size = os.path.getsize(tmp)
-    return GGUFResult(ckpt.family, plan.arch, outtype, len(plan.tensors), size, [out.name])
+    return GGUFResult(ckpt.family.name, plan.arch, outtype, len(plan.tensors), size, [out.name])

@@ -12,7 +12,6 @@ import torch
 from .atomic import atomic_output
 from .checkpoint import Checkpoint
 from .errors import UsageError
-from .mup import fold_plan, folded_config
 from .safetensors_out import write_sharded
 from .tensors import declared_dtype, nbytes, resolve_dtype
 from .tokenizer import copy_tokenizer_files
@@ -42,9 +41,9 @@ def output_dtype(name: str, ckpt: Checkpoint) -> torch.dtype:
 def plan_llama(src: Path | str, dtype: str = "auto"):
     """Read and check SRC; return (checkpoint, output dtype, output config, folded tensors)."""
     ckpt = Checkpoint(src)
-    plan = fold_plan(ckpt)
+    plan = ckpt.family.fold_plan(ckpt)
     out_dtype = output_dtype(dtype, ckpt)
-    return ckpt, out_dtype, folded_config(ckpt.config, ckpt.family, out_dtype), plan
+    return ckpt, out_dtype, ckpt.family.folded_config(ckpt.config, out_dtype), plan
 
 
 def convert_to_llama(src: Path | str, out: Path | str, dtype: str = "auto", force: bool = False,
@@ -56,5 +55,5 @@ def convert_to_llama(src: Path | str, out: Path | str, dtype: str = "auto", forc
         files = write_sharded(tmp, plan, out_dtype, limit, on_tensor)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         files += ["config.json"] + copy_tokenizer_files(ckpt.path, tmp)
-    return ConvertResult(ckpt.family, config["architectures"][0], str(out_dtype).removeprefix("torch."),
+    return ConvertResult(ckpt.family.name, config["architectures"][0], str(out_dtype).removeprefix("torch."),
                          len(plan), sum(nbytes(t, out_dtype) for t in plan), files)

@@ -114,20 +114,8 @@ def resolve_options(opts: QuantizeOptions, moe: bool = False) -> QuantizeOptions
     return replace(opts, group_size=group_size, sym=sym, act_order=act_order)
 
 
-def layer_widths(config: dict, family: str) -> dict[str, int]:
-    """The input widths of the layers a quantizer touches, by the name users know them by."""
-    widths = {"hidden size": config.get("hidden_size"), "intermediate size": config.get("intermediate_size")}
-    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
-    if family == "minicpm3":
-        widths |= {"q_lora_rank": config.get("q_lora_rank"), "kv_lora_rank": config.get("kv_lora_rank"),
-                   "attention output width (heads x v_head_dim)": (heads or 0) * config.get("v_head_dim", 0)}
-    elif heads and head_dim:
-        widths["attention output width (heads x head_dim)"] = heads * head_dim
-    return {k: v for k, v in widths.items() if isinstance(v, int) and v > 0}
-
-
-def check_group_size(opts: QuantizeOptions, config: dict, family: str) -> None:
-    widths = layer_widths(config, family)
+def check_group_size(opts: QuantizeOptions, config: dict, family) -> None:
+    widths = family.layer_widths(config)
     if opts.method == "bnb":
         if opts.bits == 4:
             for what, n in widths.items():
@@ -171,14 +159,9 @@ def describe(opts: QuantizeOptions) -> str:
     return f"{opts.method} W{opts.bits}A16 {group} {'sym' if opts.sym else 'asym'}{order}"
 
 
-def ignore_list(opts: QuantizeOptions, moe: bool, llmc_names: bool) -> list[str]:
-    """Modules left in float: --ignore, plus MoE routers (a 4-bit router picks the wrong experts)."""
-    ignore = list(opts.ignore)
-    if moe:
-        # llm-compressor takes regexes (`.gate` is the router as mlp.gate in memory and as
-        # block_sparse_moe.gate on disk); transformers' bnb skip list matches name fragments.
-        ignore.append("re:.*\\.gate$" if llmc_names else "mlp.gate")
-    return ignore
+def ignore_list(opts: QuantizeOptions, family, llmc_names: bool) -> list[str]:
+    """Modules left in float: --ignore, plus what the family needs in float (MoE routers)."""
+    return list(opts.ignore) + family.float_modules(llmc_names)
 
 
 def write_card(folder: Path, result: QuantizeResult, opts: QuantizeOptions) -> None:
@@ -219,7 +202,7 @@ def copy_tokenizer(src: Path, out: Path) -> None:
 def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: bool = False,
              progress: Progress | None = None, before_save: Callable[[object], None] | None = None) -> QuantizeResult:
     """Quantize SRC into OUT (atomically). `before_save(model)` sees the in-memory quantized model."""
-    from runtime.load import load_hf, minicpm3_config, resolve_device
+    from runtime.load import load_hf, resolve_device
 
     start = time.perf_counter()
     src, out = Path(src), Path(out)
@@ -233,8 +216,7 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
     ckpt = Checkpoint(folder)
     check_checkpoint(ckpt)  # before calibration data is fetched or anything is computed
     family = ckpt.family
-    moe = family in ("minicpm-moe", "mixtral")
-    opts = resolve_options(opts, moe=moe)
+    opts = resolve_options(opts, moe=family.moe)
     check_group_size(opts, config, family)
     device = resolve_device(opts.device)
     dtype = source_dtype(config, opts.dtype)
@@ -262,7 +244,8 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
             try:
                 model = oneshot_quantize(model, loaded.tokenizer, calib.samples, opts.method, opts.bits,
                                          opts.group_size, opts.sym, opts.act_order,
-                                         ignore_list(opts, moe, True), tmp / ".config", advance)
+                                         ignore_list(opts, family, True), tmp / ".config", advance,
+                                         family.awq_mappings() if opts.method == "awq" else None)
             except torch.OutOfMemoryError:
                 raise UserError(f"out of memory while quantizing on {device} (try fewer --num-samples or a shorter --seq-len)") from None
             except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
@@ -270,14 +253,14 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
         else:
             from .bnb import bnb_quantize, linear_names
 
-            if family in ("minicpm", "minicpm-moe"):
+            if family.folds_for_transformers:
                 float_folder = tmp / ".float"  # the folded Llama/Mixtral, for transformers to quantize
                 load_hf(folder, "cpu", dtype).model.save_pretrained(float_folder)
                 hf_config = None
             else:
                 float_folder = folder
-                hf_config = minicpm3_config(config) if family == "minicpm3" else None
-            skip = ignore_list(opts, moe, False)
+                hf_config = family.hf_config(config)
+            skip = ignore_list(opts, family, False)
             targets = len(linear_names(float_folder, hf_config, skip))
             advance = progress(f"bnb {opts.bnb_type or 'int8'}: weights", targets)
             try:
@@ -293,13 +276,13 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
         else:
             model.save_pretrained(tmp, save_compressed=True)
             shutil.rmtree(tmp / ".config", ignore_errors=True)
-            if model.config.model_type == "mixtral":
+            if family.moe:  # in memory a Mixtral, whatever the source family
                 from .llmc import classic_mixtral_names
 
                 classic_mixtral_names(tmp)
         copy_tokenizer(folder, tmp)
         result = QuantizeResult(
-            source=str(src), output=str(out), source_family=family,
+            source=str(src), output=str(out), source_family=family.name,
             architecture=(model.config.architectures or [type(model).__name__])[0], method=opts.method,
             bits=opts.bits, format=FORMAT[opts.method], group_size=opts.group_size, symmetric=opts.sym,
             scheme=describe(opts), device=device, dtype=str(dtype).replace("torch.", ""),
@@ -308,7 +291,7 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
         if calibration and calibration["samples"] < opts.num_samples:
             result.notes.append(f"the calibration text filled {calibration['samples']} of the "
                                 f"{opts.num_samples} requested rows of {opts.seq_len} tokens")
-        if opts.method == "bnb" and model.config.model_type == "mixtral":
+        if opts.method == "bnb" and family.moe:
             result.notes.append(f"MoE experts stay {result.dtype}: bitsandbytes quantizes Linear layers and "
                                 "transformers keeps Mixtral experts as fused tensors (use awq or gptq)")
         write_card(tmp, result, opts)

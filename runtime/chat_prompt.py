@@ -68,6 +68,13 @@ class ChatFormat:
             raise UserError(f"chat template ({self.source}) failed to render: {type(exc).__name__}: {exc}") from None
 
 
+def _family_chat_style(model) -> str | None:
+    from converters.families import family_named
+
+    family = family_named(model.family)
+    return family.chat_style if family else None
+
+
 def _is_one_token(model, text: str) -> bool:
     return len(model.tokenizer.encode(text, add_special_tokens=False)) == 1
 
@@ -94,7 +101,7 @@ def chat_format(model, template: str | None = None) -> ChatFormat:
         where = "--template"
     elif found:
         template = found
-    elif model.family == "minicpm3" or _is_one_token(model, "<|im_start|>"):
+    elif _family_chat_style(model) == "chatml" or _is_one_token(model, "<|im_start|>"):
         template, where = CHATML_TEMPLATE, "built-in ChatML (MiniCPM3/4)"
     else:
         template, where = USER_AI_TEMPLATE, "built-in <用户>…<AI> (MiniCPM 1/2)"

@@ -15,6 +15,7 @@ import torch
 
 from converters.checkpoint import Checkpoint, model_folder, read_json
 from converters.errors import UsageError, UserError
+from converters.families import family_of
 from converters.gguf_read import is_gguf
 from converters.tokenizer import load_tokenizer
 
@@ -33,15 +34,13 @@ def folded_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32):
     """A transformers Llama/Mixtral holding the muP-folded weights of a MiniCPM checkpoint."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from converters.mup import fold_plan, folded_config
-
-    plan = fold_plan(ckpt)
-    config_dict = folded_config(ckpt.config, ckpt.family, dtype)
+    plan = ckpt.family.fold_plan(ckpt)
+    config_dict = ckpt.family.folded_config(ckpt.config, dtype)
     config = AutoConfig.for_model(**config_dict)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = {t.name: t.make().to(dtype) for t in plan}
-    if config.model_type == "mixtral":
+    if ckpt.family.moe:
         state = fuse_experts(state, config.num_local_experts)
     model.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers (RoPE inverse frequencies) were made on the meta device: rebuild them.
@@ -67,22 +66,6 @@ def fuse_experts(state: dict, n_experts: int) -> dict:
             [torch.cat([state[p + "w1.weight"], state[p + "w3.weight"]]) for p in e])
         out[f"{layer}.mlp.experts.down_proj"] = torch.stack([state[p + "w2.weight"] for p in e])
     return out
-
-
-def minicpm3_config(config: dict):
-    """transformers' MiniCPM3Config for a published config.json.
-
-    transformers 5.17's MLA attention reads rope_parameters["factor"] for LongRoPE, which published
-    MiniCPM3 configs do not carry; its value is max_position_embeddings / original (1.0 for MiniCPM3-4B).
-    """
-    from transformers import MiniCPM3Config
-
-    config = {k: v for k, v in config.items() if k not in ("auto_map", "architectures")}
-    rs = config.get("rope_scaling")
-    if rs and (rs.get("rope_type") or rs.get("type")) == "longrope" and "factor" not in rs:
-        original = rs.get("original_max_position_embeddings") or config["max_position_embeddings"]
-        config["rope_scaling"] = rs | {"factor": config["max_position_embeddings"] / original}
-    return MiniCPM3Config(**config)
 
 
 @dataclass
@@ -146,20 +129,17 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     quant = config.get("quantization_config")
     dtype = dtype or torch.float32
     try:
-        if quant is None and config.get("model_type") == "minicpm":
-            ckpt = Checkpoint(folder)
-            family, model = ckpt.family, folded_model(ckpt, dtype)
-        elif config.get("model_type") == "minicpm3":
-            from transformers import MiniCPM3ForCausalLM
-
-            family = "minicpm3"
-            model = MiniCPM3ForCausalLM.from_pretrained(folder, config=minicpm3_config(config), dtype=dtype)
+        # a float folder is checked tensor by tensor; a quantized one holds packed tensors
+        ckpt = None if quant else Checkpoint(folder)
+        family = ckpt.family if ckpt else family_of(config, folder / "config.json")
+        if ckpt and family.folds_for_transformers:
+            model = folded_model(ckpt, dtype)
+        elif ckpt or family.hf_config(config) is not None:  # float, or a config transformers cannot read alone
+            model = family.load_float(folder, config, dtype)
         else:
-            family = Checkpoint(folder).family if quant is None else config.get("model_type", "llama")
-            kwargs = {"device_map": device} if quant else {"dtype": dtype}
             with quiet_loading(quant):
-                model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, **kwargs)
-                if quant and quant.get("quant_method") == "compressed-tensors":
+                model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, device_map=device)
+                if quant.get("quant_method") == "compressed-tensors":
                     # compressed-tensors decompresses on the first forward (with its own bars): do it now
                     with torch.no_grad():
                         model(input_ids=torch.tensor([[config.get("bos_token_id") or 0]], device=model.device))
@@ -170,7 +150,7 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     if not quant:
         model = model.to(device)
     method = quant.get("quant_method") if quant else None
-    return LoadedModel(folder, "hf", family, model.eval(), load_tokenizer(folder), device,
+    return LoadedModel(folder, "hf", family.name, model.eval(), load_tokenizer(folder), device,
                        config.get("max_position_embeddings", 0), _eos_ids(config), method)
 
 
