@@ -79,24 +79,9 @@ def _is_one_token(model, text: str) -> bool:
     return len(model.tokenizer.encode(text, add_special_tokens=False)) == 1
 
 
-def model_template(model) -> tuple[str | None, str, str, str]:
-    """(template or None, where it was looked for, bos text, eos text) for a LoadedModel."""
-    if model.backend == "gguf":
-        llama = model.model
-        meta = llama.metadata or {}
-        bos, eos = llama.token_bos(), llama.token_eos()
-        text = lambda i: llama.detokenize([i], special=True).decode("utf-8", "replace") if i >= 0 else ""
-        return meta.get("tokenizer.chat_template"), f"{model.path.name} GGUF metadata", text(bos), text(eos)
-    from converters.tokenizer import chat_template
-
-    tok = model.tokenizer
-    return (chat_template(model.path), f"{model.path.name}/tokenizer_config.json",
-            tok.bos_token or "", tok.eos_token or "")
-
-
 def chat_format(model, template: str | None = None) -> ChatFormat:
     """The chat format of a LoadedModel: its own template, else the built-in one for its family."""
-    found, where, bos, eos = model_template(model)
+    found, where, bos, eos = model.template_info()
     if template is not None:
         where = "--template"
     elif found:

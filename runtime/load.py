@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -83,21 +84,128 @@ class LoadedModel:
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         """Float32 logits [len(ids), vocab] for one sequence."""
-        if self.backend == "gguf":
-            import numpy as np
+        return self.window_logits([ids], len(ids))[0].float().cpu().clone()  # GGUF: a view of llama.cpp's buffer
 
-            self.model.reset()
-            self.model.eval(ids)
-            return torch.from_numpy(np.array(self.model.scores[: len(ids)], dtype=np.float32))
-        with torch.no_grad():
-            x = torch.tensor([ids], device=self.device)
-            return self.model(x).logits[0].float().cpu()
+    def window_logits(self, inputs: list[list[int]], keep: int) -> torch.Tensor:
+        """Logits [B, keep, V] at the last `keep` positions of equal-length inputs."""
+        raise NotImplementedError
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=bos)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def template_info(self) -> tuple[str | None, str, str, str]:
+        """(chat template or None, where it was looked for, bos text, eos text)."""
+        raise NotImplementedError
+
+    def text_stream(self, context: list[int]):
+        """An incremental detokenizer for replies that follow `context`."""
+        raise NotImplementedError
+
+    def tokens(self, generator, prompt_ids: list[int], sampling) -> Iterator[int]:
+        """Sampled token ids after the prompt, one per step, the stop token included."""
+        raise NotImplementedError
+
+    def weights_format(self, dtype: torch.dtype) -> str:
+        """What the scored weights are: a GGUF file type (f16, q4_k_m…), a quantization method, or a dtype."""
+        raise NotImplementedError
+
+    def peak_memory(self, mem) -> tuple[int, str]:
+        """(bytes, kind) this model's load and use grew memory by, from a runtime.perplexity.PeakMemory."""
+        return max(mem.rss_growth, mem.device_growth), "rss"
+
+    def context_room(self, n_ctx: int) -> int:
+        """The longest context this loaded model can hold, at most n_ctx."""
+        return n_ctx
+
+    def close(self) -> None:
+        """Free what the backend holds outside Python's collector."""
+
+
+class HFModel(LoadedModel):
+    """A transformers model on `device`, with its HF tokenizer."""
+
+    def window_logits(self, inputs: list[list[int]], keep: int) -> torch.Tensor:
+        x = torch.tensor(inputs, device=self.device)
+        with torch.inference_mode():
+            return self.model(input_ids=x, use_cache=False, logits_to_keep=keep).logits
+
+    def template_info(self) -> tuple[str | None, str, str, str]:
+        from converters.tokenizer import chat_template
+
+        tok = self.tokenizer
+        return (chat_template(self.path), f"{self.path.name}/tokenizer_config.json",
+                tok.bos_token or "", tok.eos_token or "")
+
+    def text_stream(self, context: list[int]):
+        from .generate import HFTextStream
+
+        return HFTextStream(self.tokenizer, context)
+
+    def tokens(self, generator, prompt_ids: list[int], sampling) -> Iterator[int]:
+        return generator.hf_tokens(prompt_ids, sampling)  # the KV cache lives with the generator
+
+    def weights_format(self, dtype: torch.dtype) -> str:
+        from converters.tensors import SHORT_NAMES
+
+        return str(self.quantization) if self.quantization else SHORT_NAMES[dtype]
+
+    def peak_memory(self, mem) -> tuple[int, str]:
+        if self.device == "cuda":
+            return mem.cuda_growth, "cuda"
+        return super().peak_memory(mem)
+
+
+class GGUFModel(LoadedModel):
+    """A GGUF file in llama.cpp (llama-cpp-python), with llama.cpp's own tokenizer."""
+
+    def window_logits(self, inputs: list[list[int]], keep: int) -> torch.Tensor:
+        """With one input the tensor is a view of llama.cpp's score buffer: use it before the next call."""
+        llama, rows = self.model, []
+        for seq in inputs:
+            llama.reset()
+            llama.eval(seq)
+            view = torch.from_numpy(llama.scores[len(seq) - keep: len(seq)])
+            rows.append(view if len(inputs) == 1 else view.clone())
+        return torch.stack(rows) if len(rows) > 1 else rows[0][None]
+
+    def template_info(self) -> tuple[str | None, str, str, str]:
+        llama = self.model
+        meta = llama.metadata or {}
+        bos, eos = llama.token_bos(), llama.token_eos()
+        text = lambda i: llama.detokenize([i], special=True).decode("utf-8", "replace") if i >= 0 else ""  # noqa: E731
+        return meta.get("tokenizer.chat_template"), f"{self.path.name} GGUF metadata", text(bos), text(eos)
+
+    def text_stream(self, context: list[int]):
+        from .generate import ByteTextStream
+
+        llama = self.model
+        return ByteTextStream(lambda t: llama.detokenize([t], special=False) if t != llama.token_bos() else b"")
+
+    def tokens(self, generator, prompt_ids: list[int], s) -> Iterator[int]:
+        llama = self.model
+        llama.set_seed(s.seed if s.seed is not None else 0xFFFFFFFF)  # llama.cpp: 0xFFFFFFFF = random
+        # llama-cpp-python reuses the KV cache of the longest common prefix with the previous call.
+        yield from llama.generate(prompt_ids, top_k=s.top_k, top_p=s.top_p, min_p=0.0, typical_p=1.0,
+                                  temp=s.temperature, repeat_penalty=s.repetition_penalty)
+
+    def weights_format(self, dtype: torch.dtype) -> str:
+        import gguf
+
+        try:
+            name = gguf.LlamaFileType(int(self.quantization)).name
+        except (TypeError, ValueError):  # no general.file_type, or one this gguf package does not know
+            return "unknown" if self.quantization is None else f"file type {self.quantization}"
+        return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+
+    def context_room(self, n_ctx: int) -> int:
+        return min(n_ctx, self.model.n_ctx())
+
+    def close(self) -> None:
+        """Free llama.cpp's model now (left to interpreter shutdown, its finaliser prints a traceback)."""
+        self.model.close()
 
 
 def _eos_ids(config: dict) -> list[int]:
@@ -150,7 +258,7 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     if not quant:
         model = model.to(device)
     method = quant.get("quant_method") if quant else None
-    return LoadedModel(folder, "hf", family.name, model.eval(), load_tokenizer(folder), device,
+    return HFModel(folder, "hf", family.name, model.eval(), load_tokenizer(folder), device,
                        config.get("max_position_embeddings", 0), _eos_ids(config), method)
 
 
@@ -193,13 +301,39 @@ def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, d
     eos = [int(meta["tokenizer.ggml.eos_token_id"])] if "tokenizer.ggml.eos_token_id" in meta else []
     if "tokenizer.ggml.eot_token_id" in meta:
         eos.append(int(meta["tokenizer.ggml.eot_token_id"]))
-    return LoadedModel(path, "gguf", arch, llama, GGUFTokenizer(llama), device, train_ctx, eos,
+    return GGUFModel(path, "gguf", arch, llama, GGUFTokenizer(llama), device, train_ctx, eos,
                        meta.get("general.file_type"))
 
 
-def load_model(path: Path | str, device: str = "cpu", n_ctx: int = 2048) -> LoadedModel:
+def open_model(path: Path | str, device: str = "cpu", n_ctx: int | None = 2048, dtype: torch.dtype | None = None,
+               threads: int | None = None, logits_all: bool = True) -> LoadedModel:
+    """A model folder (HFModel) or a GGUF file (GGUFModel): the one place that tells them apart.
+
+    n_ctx: GGUF context to allocate; None = the model's trained length, at most DEFAULT_GGUF_CONTEXT
+    (llama.cpp allocates it up front). logits_all: keep every position's logits (scoring) or only the
+    last (generation)."""
     path = Path(path)
     device = resolve_device(device)
     if path.suffix == ".gguf" or is_gguf(path):
-        return load_gguf(path, n_ctx=n_ctx, device=device)
-    return load_hf(path, device)
+        if n_ctx is None:
+            from converters.gguf_read import gguf_metadata
+
+            meta = gguf_metadata(path)
+            trained = meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", DEFAULT_GGUF_CONTEXT)
+            n_ctx = min(int(trained), DEFAULT_GGUF_CONTEXT)
+        model = load_gguf(path, n_ctx=n_ctx, threads=threads, device=device, logits_all=logits_all)
+        if threads:
+            from .generate import set_gguf_threads
+
+            set_gguf_threads(model.model, threads)  # prompt batches too (llama-cpp-python: every core)
+        return model
+    if threads:
+        torch.set_num_threads(threads)
+    return load_hf(path, device, dtype)
+
+
+DEFAULT_GGUF_CONTEXT = 4096  # minicpm chat's default context
+
+
+def load_model(path: Path | str, device: str = "cpu", n_ctx: int = 2048) -> LoadedModel:
+    return open_model(path, device, n_ctx)

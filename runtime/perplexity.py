@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from converters.checkpoint import model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.gguf_read import gguf_metadata, is_gguf
-from converters.tensors import SHORT_NAMES, resolve_dtype as resolve_dtype_name
+from converters.tensors import resolve_dtype as resolve_dtype_name
 from converters.describe import disk_size as size_on_disk
 
 # progress(label, total_tokens) -> context manager yielding advance(n_tokens)
@@ -293,46 +293,16 @@ def import_backends(paths: list[Path]) -> None:
                 pass
 
 
-def weights_format(model, dtype: torch.dtype) -> str:
-    """What the scored weights are: a GGUF file type (f16, q4_k_m…), a quantization method, or a dtype."""
-    if model.backend == "gguf":
-        import gguf
-
-        try:
-            name = gguf.LlamaFileType(int(model.quantization)).name
-        except (TypeError, ValueError):  # no general.file_type, or one this gguf package does not know
-            return "unknown" if model.quantization is None else f"file type {model.quantization}"
-        return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
-    if model.quantization:
-        return str(model.quantization)
-    return SHORT_NAMES[dtype]
-
-
 def load(path: Path, device: str, ctx: int, dtype: torch.dtype, threads: int | None = None):
-    from runtime.load import load_gguf, load_hf
+    from runtime.load import open_model
 
-    if path.is_dir():
-        return load_hf(path, device, dtype)
-    return load_gguf(path, n_ctx=ctx, threads=threads or default_threads(), device=device)
+    return open_model(path, device, n_ctx=ctx, dtype=dtype, threads=threads or default_threads())
 
 
 # --- scoring -------------------------------------------------------------------------------------------
 def window_logits(model, inputs: list[list[int]], keep: int) -> torch.Tensor:
-    """Logits [B, keep, V] at the last `keep` positions of equal-length inputs (model dtype for HF).
-
-    For GGUF with one input the tensor is a view of llama.cpp's score buffer: use it before the next call.
-    """
-    if model.backend == "gguf":
-        llama, rows = model.model, []
-        for seq in inputs:
-            llama.reset()
-            llama.eval(seq)
-            view = torch.from_numpy(llama.scores[len(seq) - keep: len(seq)])
-            rows.append(view if len(inputs) == 1 else view.clone())
-        return torch.stack(rows) if len(rows) > 1 else rows[0][None]
-    x = torch.tensor(inputs, device=model.device)
-    with torch.inference_mode():
-        return model.model(input_ids=x, use_cache=False, logits_to_keep=keep).logits
+    """Logits [B, keep, V] at the last `keep` positions of equal-length inputs (see LoadedModel.window_logits)."""
+    return model.window_logits(inputs, keep)
 
 
 def _chunks(logits: torch.Tensor) -> Iterator[slice]:
@@ -526,11 +496,10 @@ def evaluate(paths: list[Path | str], text: str, ctx: int = 2048, stride: int | 
                 seconds = time.perf_counter() - start
             mem.sample_device()
         ppl, err = ppl_stderr(nll)
-        on_gpu = device == "cuda" and model.backend == "hf"
-        peak = mem.cuda_growth if on_gpu else max(mem.rss_growth, mem.device_growth)
+        peak, peak_kind = model.peak_memory(mem)
         results.append(ModelResult(
-            str(prep.path), model.backend, model.family, weights_format(model, torch_dtype), ppl, err, len(nll), n_windows,
-            seconds, len(nll) / seconds, peak, "cuda" if on_gpu else "rss", mem.peak_rss,
+            str(prep.path), model.backend, model.family, model.weights_format(torch_dtype), ppl, err, len(nll), n_windows,
+            seconds, len(nll) / seconds, peak, peak_kind, mem.peak_rss,
             size_on_disk(prep.path), prep.ids_group, nll=nll))
         del model
         release_memory()
