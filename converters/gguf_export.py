@@ -227,14 +227,29 @@ def intermediate_type(plan: GGUFPlan) -> str:
     return "f32" if plan.source_dtype == torch.float32 else "f16"
 
 
-def prepare(src, outtype: str = "f16", fold: bool = False, imatrix: Path | str | None = None):
-    """Read and check everything before any output is written: (checkpoint, plan, vocab, outtype)."""
+@dataclass
+class Prepared:
+    """Everything `--to gguf` writes, read and checked once, before any output exists."""
+    ckpt: object
+    plan: GGUFPlan
+    vocab: object
+    outtype: str
+    imatrix: Path | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        """Tensor bytes the direct write produces (for k-quants: the intermediate file)."""
+        return plan_bytes(self.plan, self.outtype)
+
+
+def prepare(src, outtype: str = "f16", fold: bool = False, imatrix: Path | str | None = None) -> Prepared:
+    """Read and check everything before any output is written: checkpoint, plan, vocabulary, outtype."""
     outtype = check_outtype(outtype)
     if imatrix is not None and outtype not in KQUANT_FTYPES:
         raise UsageError(f"--imatrix only applies to k-quants ({', '.join(KQUANT_FTYPES)}), not {outtype}")
     ckpt, plan = plan_gguf(src, fold)
     vocab = read_vocab(ckpt.path, plan.vocab_rows, ckpt.config)
-    return ckpt, plan, vocab, outtype
+    return Prepared(ckpt, plan, vocab, outtype, None if imatrix is None else Path(imatrix))
 
 
 def check_imatrix(path: Path, plan: GGUFPlan) -> dict[str, np.ndarray]:
@@ -259,10 +274,17 @@ def check_imatrix(path: Path, plan: GGUFPlan) -> dict[str, np.ndarray]:
 def convert_to_gguf(src, out, outtype: str = "f16", fold: bool = False, force: bool = False,
                     imatrix: Path | str | None = None,
                     on_tensor: Callable[[str, int], None] | None = None) -> GGUFResult:
+    check_output(Path(out), force)
+    return write_prepared(prepare(src, outtype, fold, imatrix), out, force, on_tensor)
+
+
+def write_prepared(prepared: Prepared, out, force: bool = False,
+                   on_tensor: Callable[[str, int], None] | None = None) -> GGUFResult:
+    """Write a prepared conversion as one GGUF file at OUT (atomically)."""
     out = Path(out)
     check_output(out, force)
-    ckpt, plan, vocab, outtype = prepare(src, outtype, fold, imatrix)
-    importance = check_imatrix(Path(imatrix), plan) if imatrix is not None else None  # fail before the write
+    ckpt, plan, vocab, outtype = prepared.ckpt, prepared.plan, prepared.vocab, prepared.outtype
+    importance = None if prepared.imatrix is None else check_imatrix(prepared.imatrix, plan)  # fail before writing
     with atomic_output(out, force, is_dir=False) as tmp:
         if outtype in KQUANT_FTYPES:
             base = tmp.with_name(tmp.name + "." + intermediate_type(plan))

@@ -229,7 +229,7 @@ def quiet_loading(quant: dict | None):
     return quiet()
 
 
-def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
+def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = None, tokenizer=None) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     folder = model_folder(path)
@@ -258,7 +258,7 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     if not quant:
         model = model.to(device)
     method = quant.get("quant_method") if quant else None
-    return HFModel(folder, "hf", family.name, model.eval(), load_tokenizer(folder), device,
+    return HFModel(folder, "hf", family.name, model.eval(), tokenizer or load_tokenizer(folder), device,
                        config.get("max_position_embeddings", 0), _eos_ids(config), method)
 
 
@@ -306,12 +306,12 @@ def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, d
 
 
 def open_model(path: Path | str, device: str = "cpu", n_ctx: int | None = 2048, dtype: torch.dtype | None = None,
-               threads: int | None = None, logits_all: bool = True) -> LoadedModel:
+               threads: int | None = None, logits_all: bool = True, tokenizer=None) -> LoadedModel:
     """A model folder (HFModel) or a GGUF file (GGUFModel): the one place that tells them apart.
 
     n_ctx: GGUF context to allocate; None = the model's trained length, at most DEFAULT_GGUF_CONTEXT
     (llama.cpp allocates it up front). logits_all: keep every position's logits (scoring) or only the
-    last (generation)."""
+    last (generation). tokenizer: a folder's HF tokenizer already loaded (eval-ppl tokenized with it)."""
     path = Path(path)
     device = resolve_device(device)
     if path.suffix == ".gguf" or is_gguf(path):
@@ -329,7 +329,7 @@ def open_model(path: Path | str, device: str = "cpu", n_ctx: int | None = 2048, 
         return model
     if threads:
         torch.set_num_threads(threads)
-    return load_hf(path, device, dtype)
+    return load_hf(path, device, dtype, tokenizer)
 
 
 DEFAULT_GGUF_CONTEXT = 4096  # minicpm chat's default context

@@ -200,6 +200,7 @@ class Prepared:
     ids: list[int]
     vocab_size: int
     ids_group: int = 0  # models with the same group scored the same ids
+    tokenizer: object = None  # folders: the HF tokenizer, loaded once and reused by the model
 
 
 def prepare(paths: list[Path], text: str, ctx: int, stride: int | None, max_tokens: int | None
@@ -221,6 +222,7 @@ def prepare(paths: list[Path], text: str, ctx: int, stride: int | None, max_toke
                 encoders[path.resolve()] = Encoder(path)
             prepared.append(tokenize(encoders[path.resolve()], text, ctx, max_tokens))
             prepared[-1].path = path
+            prepared[-1].tokenizer = getattr(encoders[path.resolve()], "tokenizer", None)
     finally:
         for enc in encoders.values():
             enc.close()
@@ -293,10 +295,10 @@ def import_backends(paths: list[Path]) -> None:
                 pass
 
 
-def load(path: Path, device: str, ctx: int, dtype: torch.dtype, threads: int | None = None):
+def load(path: Path, device: str, ctx: int, dtype: torch.dtype, threads: int | None = None, tokenizer=None):
     from runtime.load import open_model
 
-    return open_model(path, device, n_ctx=ctx, dtype=dtype, threads=threads or default_threads())
+    return open_model(path, device, n_ctx=ctx, dtype=dtype, threads=threads or default_threads(), tokenizer=tokenizer)
 
 
 # --- scoring -------------------------------------------------------------------------------------------
@@ -489,7 +491,7 @@ def evaluate(paths: list[Path | str], text: str, ctx: int = 2048, stride: int | 
         n_windows = len(windows(len(prep.ids), ctx, stride, bool(prep.prefix)))
         total = len(prep.ids) - (0 if prep.prefix else 1)
         with PeakMemory(cuda=device == "cuda") as mem:
-            model = load(prep.path, device, ctx, torch_dtype, threads)
+            model = load(prep.path, device, ctx, torch_dtype, threads, prep.tokenizer)
             with progress(prep.path.name, total) as advance:
                 start = time.perf_counter()
                 nll = score(model, prep, ctx, stride, batch_size, advance)
@@ -555,8 +557,8 @@ def compare(a: Path | str, b: Path | str, text: str, ctx: int = 2048, stride: in
     if (pa.prefix, pa.ids) != (pb.prefix, pb.ids):
         raise UserError(f"--compare: {a} and {b} tokenize the text differently ({first_difference(pa, pb)}); "
                         "comparing next-token distributions needs the same token ids")
-    ma = load(a, device, ctx, torch_dtype, threads)
-    mb = load(b, device, ctx, torch_dtype, threads)
+    ma = load(a, device, ctx, torch_dtype, threads, pa.tokenizer)
+    mb = load(b, device, ctx, torch_dtype, threads, pb.tokenizer)
     ids, kl, agree, nll_a, nll_b = pa.ids, [], 0, [], []
     max_diff, note = 0.0, None
     wins = windows(len(ids), ctx, stride, bool(pa.prefix))
