@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from converters.atomic import check_output
-from .ui import byte_progress, console, human_bytes, stage, table, write_json
+from .ui import byte_progress, console, human_bytes, jsonable, stage, table, write_json
 
 
 class Target(str, Enum):
@@ -46,7 +46,7 @@ def convert(
             *detail, ["time", f"{seconds:.2f} s"]]
     console.print(table("convert", ["", "value"], rows))
     if json_out:
-        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **vars(result)})
+        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **jsonable(result)})
 
 
 def _convert_llama(src: Path, out: Path, dtype: str, max_shard_size: str, force: bool):

@@ -109,7 +109,7 @@ def eval_ppl(
                       highlight=False, markup=False)
     if json_out:
         write_json(json_out, {"dataset": source, "ctx": ctx, "stride": stride, "device": result.device,
-                              "models": [r.as_json() for r in result.results]})
+                              "models": result.results})
     if plot:
         from runtime.plot import plot_ppl_vs_size
 
@@ -127,4 +127,4 @@ def _render_compare(c, source: str, ctx: int, json_out: Path | None) -> None:
     if c.note:
         console.print(f"note: {c.note}", highlight=False, markup=False)
     if json_out:
-        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": vars(c)})
+        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": c})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -386,6 +386,3 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
     result.seconds = time.perf_counter() - start
     return result
 
-
-def result_dict(result: QuantizeResult) -> dict:
-    return asdict(result)

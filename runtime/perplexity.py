@@ -458,10 +458,7 @@ class ModelResult:
     ids_group: int
     delta_pct: float | None = None  # vs the first model, when scored on the same ids
     delta_pct_stderr: float | None = None
-    nll: np.ndarray = field(default=None, repr=False)
-
-    def as_json(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k != "nll"}
+    nll: np.ndarray = field(default=None, repr=False, metadata={"json": False})
 
 
 @dataclass
