@@ -27,8 +27,14 @@ from .gguf_kquant import KQUANT_FTYPES, quantize_gguf
 from .gguf_plan import GGUFPlan, GGUFTensor, plan_gguf
 from .gguf_vocab import add_vocab, read_vocab
 
-BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
-OUTTYPES = ("f32", "f16", "bf16") + BLOCK_TYPES + tuple(KQUANT_FTYPES)
+# Outtypes written here: --outtype -> (GGML tensor type, GGUF file type), by the gguf package's enum names.
+# Adding one that gguf.quants can encode is one entry; k-quants live in gguf_kquant.KQUANT_FTYPES.
+DIRECT_OUTTYPES = {
+    "f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+}
+OUTTYPES = tuple(DIRECT_OUTTYPES) + tuple(KQUANT_FTYPES)
 
 
 @dataclass
@@ -42,17 +48,15 @@ class GGUFResult:
 
 
 def _ggml_type(outtype: str):
-    from gguf import GGMLQuantizationType as Q
+    from gguf import GGMLQuantizationType
 
-    return {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
-            "q5_0": Q.Q5_0, "q5_1": Q.Q5_1}[outtype]
+    return GGMLQuantizationType[DIRECT_OUTTYPES[outtype][0]]
 
 
 def _file_type(outtype: str) -> int:
-    from gguf import LlamaFileType as F
+    from gguf import LlamaFileType
 
-    return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0,
-            "q4_0": F.MOSTLY_Q4_0, "q4_1": F.MOSTLY_Q4_1, "q5_0": F.MOSTLY_Q5_0, "q5_1": F.MOSTLY_Q5_1}[outtype]
+    return LlamaFileType[DIRECT_OUTTYPES[outtype][1]]
 
 
 def check_outtype(outtype: str) -> str:
