@@ -1,4 +1,5 @@
-"""Load any MiniCPM artifact as a runnable model: one small interface over HF and GGUF backends.
+"""Load any MiniCPM artifact as a runnable model: `open_model(path)` gives an HFModel or a GGUFModel,
+one interface (LoadedModel) over both; no other module compares backends.
 
 - MiniCPM 1/2/4 and MiniCPM-MoE folders are folded to Llama/Mixtral in memory (no remote code).
 - Llama/Mixtral folders, including quantized ones from `minicpm quantize`, load with transformers.
@@ -259,7 +260,7 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
         model = model.to(device)
     method = quant.get("quant_method") if quant else None
     return HFModel(folder, "hf", family.name, model.eval(), tokenizer or load_tokenizer(folder), device,
-                       config.get("max_position_embeddings", 0), _eos_ids(config), method)
+                   config.get("max_position_embeddings", 0), _eos_ids(config), method)
 
 
 class GGUFTokenizer:
@@ -302,7 +303,7 @@ def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, d
     if "tokenizer.ggml.eot_token_id" in meta:
         eos.append(int(meta["tokenizer.ggml.eot_token_id"]))
     return GGUFModel(path, "gguf", arch, llama, GGUFTokenizer(llama), device, train_ctx, eos,
-                       meta.get("general.file_type"))
+                     meta.get("general.file_type"))
 
 
 def open_model(path: Path | str, device: str = "cpu", n_ctx: int | None = 2048, dtype: torch.dtype | None = None,
