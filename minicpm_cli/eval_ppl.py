@@ -9,10 +9,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from converters.atomic import check_output, write_json
+from converters.atomic import check_output
 from converters.errors import UsageError
-from .app import app
-from .ui import console, err_console, human_bytes, stage, table
+from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
 @contextlib.contextmanager
@@ -45,7 +44,6 @@ def _pm(value: float, err: float) -> str:
     return f"{value:.4f} ± {err:.4f}" if value < 100 else f"{value:.2f} ± {err:.2f}"
 
 
-@app.command("eval-ppl")
 @stage
 def eval_ppl(
     models: list[Path] = typer.Argument(..., help="MiniCPM/Llama/MiniCPM3 folders, quantized folders or .gguf files."),
@@ -114,7 +112,7 @@ def eval_ppl(
                       highlight=False, markup=False)
     if json_out:
         write_json(json_out, {"dataset": source, "ctx": ctx, "stride": stride, "device": result.device,
-                              "models": [r.as_json() for r in result.results]}, force, sources)
+                              "models": result.results}, force, sources)
     if plot:
         from runtime.plot import plot_ppl_vs_size
 
@@ -132,4 +130,4 @@ def _render_compare(c, source: str, ctx: int, json_out: Path | None, force: bool
     if c.note:
         console.print(f"note: {c.note}", highlight=False, markup=False)
     if json_out:
-        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": vars(c)}, force, sources)
+        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": c}, force, sources)

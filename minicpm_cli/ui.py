@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -48,6 +50,28 @@ def table(title: str, columns: list[str], rows: list[list]) -> Table:
     for r in rows:
         t.add_row(*[str(x) for x in r])
     return t
+
+
+def jsonable(data):
+    """Results as JSON values: dataclasses become objects of their fields (less those marked
+    metadata={"json": False}), paths strings; the one conversion every verb's --json goes through."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return {f.name: jsonable(getattr(data, f.name)) for f in dataclasses.fields(data)
+                if f.metadata.get("json", True)}
+    if isinstance(data, dict):
+        return {k: jsonable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [jsonable(v) for v in data]
+    if isinstance(data, Path):
+        return str(data)
+    return data
+
+
+def write_json(path, data, force: bool = False, sources=()) -> None:
+    """--json FILE under the output policy (converters.atomic)."""
+    from converters.atomic import write_json as write_output
+
+    write_output(Path(path), jsonable(data), force, sources)
 
 
 def human_bytes(n: float) -> str:

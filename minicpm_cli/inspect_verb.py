@@ -5,12 +5,10 @@ from pathlib import Path
 
 import typer
 
-from converters.atomic import check_output, write_json
-from .app import app
-from .ui import console, human_bytes, stage, table
+from converters.atomic import check_output
+from .ui import console, human_bytes, stage, table, write_json
 
 
-@app.command()
 @stage
 def inspect(
     model: Path = typer.Argument(..., help="A model folder (MiniCPM, Llama, quantized) or a .gguf file."),
@@ -18,7 +16,7 @@ def inspect(
     force: bool = typer.Option(False, "--force", help="Replace --json FILE if it is a JSON file."),
 ):
     """Describe a model: family, parameters, dtypes, muP scalars, quantization, context, tokenizer, size."""
-    from converters.inspect import inspect_model
+    from converters.describe import inspect_model
 
     if json_out:
         check_output(json_out, force, "json", [model])
