@@ -216,7 +216,7 @@ class Merge:
 
         self.adapters = adapters
         self.config = dict(ckpt.config)
-        self.tied = ckpt.family in ("minicpm", "minicpm-moe", "llama", "mixtral") and is_tied(ckpt.config, ckpt)
+        self.tied = str(ckpt.family) != "minicpm3" and is_tied(ckpt.config, ckpt)
         for adapter in adapters:
             check_against(adapter, ckpt, self.tied)
         self.extra: dict[str, TensorInfo] = {}
@@ -260,6 +260,12 @@ class Merge:
 
 # --- views: a base folder with adapters attached -----------------------------------------------------------
 _VIEWS: dict[Path, list[Adapter]] = {}
+_BASES: dict[Path, Path] = {}  # view -> the base folder its links point into
+
+
+def view_base(folder: Path | str) -> Path | None:
+    """The base folder of a --lora view (whose files are links into it), else None."""
+    return _BASES.get(Path(folder).absolute())
 
 
 def merge_for(ckpt) -> Merge | None:
@@ -292,12 +298,14 @@ def lora_view(base: Path | str, adapter_folders: list[Path]):
             if f.is_file():
                 (view / f.name).symlink_to(f.resolve())
         _VIEWS[view.absolute()] = adapters
+        _BASES[view.absolute()] = base
         from .checkpoint import Checkpoint
 
         Checkpoint(view)  # every adapter checked against the base now, before any work starts
         yield view
     finally:
         _VIEWS.pop(view.absolute(), None)
+        _BASES.pop(view.absolute(), None)
         shutil.rmtree(parent, ignore_errors=True)
 
 

@@ -1,6 +1,8 @@
 """The `minicpm` command: parse arguments, call a stage, render its result."""
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 
 import typer
@@ -24,14 +26,44 @@ def _root() -> None:
     """Convert, quantize, measure and chat with MiniCPM models."""
 
 
-# Each verb lives in its own module and registers itself on `app`.
-from . import chat, convert, eval_ppl, inspect, quantize  # noqa: E402,F401
+# Each verb lives in its own module, which never imports this one; the table below registers them.
+from . import chat, convert, eval_ppl, inspect_verb, quantize  # noqa: E402
+
+app.command()(chat.chat)
+app.command()(convert.convert)
+app.command("eval-ppl")(eval_ppl.eval_ppl)
+app.command()(inspect_verb.inspect)
+app.command()(quantize.quantize)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so every temporary is removed; exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminate_like_ctrl_c():
+    """SIGTERM and SIGHUP raise Terminated for the duration (main thread only, as Python requires)."""
+    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def main() -> None:
     """Entry point: usage errors are one stderr line and exit 2, like every other bad input."""
     try:
-        code = app(standalone_mode=False)
+        with terminate_like_ctrl_c():
+            code = app(standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help())
         code = 0

@@ -10,16 +10,16 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from converters.atomic import atomic_output
+from converters.atomic import write_json
 from converters.errors import UsageError, UserError
-from .app import app
 from .sources import check_revision, lora_option, model_source, revision_option
 from .ui import console, err_console, stage
 
 HELP = """commands:
   /reset          forget the conversation (the system prompt stays)
   /system TEXT    set the system prompt (/system alone removes it)
-  /save FILE      write the conversation as JSON
+  /save FILE      write the conversation as JSON to a new FILE
+  /save --force FILE   replace FILE if it is a JSON file (an earlier transcript)
   /help           this help
   /exit           quit (or Ctrl-D); Ctrl-C stops a reply"""
 DEFAULT_CONTEXT = 4096
@@ -76,8 +76,7 @@ class ChatSession:
 
     def close(self) -> None:
         """Free llama.cpp's model now (left to interpreter shutdown, its finaliser prints a traceback)."""
-        if self.model.backend == "gguf":
-            self.model.model.close()
+        self.model.close()
 
     def transcript(self) -> dict:
         s = self.sampling
@@ -104,13 +103,13 @@ def write_stream(text: str) -> None:
 
 
 def save_transcript(session: ChatSession, arg: str) -> str:
-    import json
-
+    """`/save [--force] FILE`: the same output policy as every verb's OUT (converters.atomic)."""
+    force = arg.startswith("--force ") or arg == "--force"
+    arg = arg.removeprefix("--force").strip() if force else arg
     if not arg:
         raise UsageError("/save needs a file name: /save FILE")
     path = Path(arg).expanduser()
-    with atomic_output(path, force=True, is_dir=False) as tmp:
-        tmp.write_text(json.dumps(session.transcript(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, session.transcript(), force, [session.model.path])
     return f"saved {len(session.messages)} messages to {path}"
 
 
@@ -139,6 +138,12 @@ def command(session: ChatSession, line: str) -> bool:
     return True
 
 
+def _unless_terminated(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C stops a reply; SIGTERM/SIGHUP (app.Terminated) end the chat."""
+    if hasattr(exc, "signum"):
+        raise exc
+
+
 def interactive(session: ChatSession) -> None:
     try:
         import readline  # noqa: F401  (gives input() line editing and history)
@@ -151,7 +156,8 @@ def interactive(session: ChatSession) -> None:
         except EOFError:  # Ctrl-D
             sys.stdout.write("\n")
             return
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh line
+        except KeyboardInterrupt as exc:  # Ctrl-C at the prompt: a fresh line
+            _unless_terminated(exc)
             sys.stdout.write("\n")
             continue
         if not line:
@@ -162,7 +168,8 @@ def interactive(session: ChatSession) -> None:
                     return
                 continue
             turn(session, line)
-        except KeyboardInterrupt:  # Ctrl-C just after a reply or during a command: back to the prompt
+        except KeyboardInterrupt as exc:  # Ctrl-C just after a reply or during a command: back to the prompt
+            _unless_terminated(exc)
             sys.stdout.write("\n")
 
 
@@ -170,8 +177,8 @@ def turn(session: ChatSession, line: str) -> None:
     """One exchange: stream the reply, then the dim stats line. Ctrl-C ends the reply early."""
     try:
         session.reply(line, write_stream)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        _unless_terminated(exc)
     except UserError as exc:  # e.g. a message too long for the context: the chat goes on
         err_console.print(f"error: {exc}", style="red", highlight=False, markup=False)
         return
@@ -182,7 +189,8 @@ def turn(session: ChatSession, line: str) -> None:
 def one_shot(session: ChatSession, text: str) -> None:
     try:
         session.reply(text, write_stream)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _unless_terminated(exc)
         sys.stdout.write("\n")
         raise typer.Exit(130) from None
     sys.stdout.write("\n")
@@ -191,13 +199,11 @@ def one_shot(session: ChatSession, text: str) -> None:
 def open_session(model_path: Path, sampling, system: str | None = None, device: str = "auto",
                  context: int | None = None, template: Path | None = None, threads: int | None = None):
     """Load a model and its chat format: a ChatSession ready for reply()."""
-    import torch
     from transformers.utils import logging as transformers_logging
 
-    from converters.gguf_read import gguf_metadata, is_gguf
     from runtime.chat_prompt import chat_format, end_of_turn_ids
-    from runtime.generate import Generator, set_gguf_threads
-    from runtime.load import load_gguf, load_model, resolve_device
+    from runtime.generate import Generator
+    from runtime.load import open_model
 
     if not model_path.exists():
         raise UsageError(f"{model_path}: no such file or directory")
@@ -211,31 +217,20 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
             template_text = template.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--template {template}: cannot be read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"--template {template}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     transformers_logging.set_verbosity_error()  # config advice and loading bars are not for a chat screen
     transformers_logging.disable_progress_bar()
     with err_console.status(f"loading {model_path.name}"):
-        if is_gguf(model_path):
-            # llama.cpp allocates the whole context up front: no more than the model was trained for
-            meta = gguf_metadata(model_path)
-            trained = meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", DEFAULT_CONTEXT)
-            # chat needs logits for the last token only (logits_all would cost prefill time and memory)
-            model = load_gguf(model_path, n_ctx=context or min(int(trained), DEFAULT_CONTEXT), threads=threads,
-                              device=resolve_device(device), logits_all=False)
-            if threads:
-                set_gguf_threads(model.model, threads)
-        else:
-            if threads:
-                torch.set_num_threads(threads)
-            model = load_model(model_path, device=device)
-    n_ctx = context or min(model.max_positions or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-    if model.backend == "gguf":
-        n_ctx = min(n_ctx, model.model.n_ctx())
+        # GGUF: llama.cpp allocates the context up front (no more than trained for, at most
+        # DEFAULT_CONTEXT), and chat needs logits for the last token only (logits_all costs prefill time)
+        model = open_model(model_path, device, n_ctx=context, threads=threads, logits_all=False)
+    n_ctx = model.context_room(context or min(model.max_positions or DEFAULT_CONTEXT, DEFAULT_CONTEXT))
     fmt = chat_format(model, template_text)
     generator = Generator(model, n_ctx, end_of_turn_ids(model, fmt))
     return ChatSession(model, fmt, generator, sampling, system)
 
 
-@app.command()
 @stage
 def chat(
     model: Path = typer.Argument(..., help="MiniCPM / llama-format / quantized / MiniCPM3 folder, a .gguf file, "

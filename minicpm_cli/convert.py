@@ -8,9 +8,8 @@ from pathlib import Path
 import typer
 
 from converters.atomic import check_output
-from .app import app
 from .sources import adapter_rows, check_revision, lora_option, model_source, revision_option
-from .ui import byte_progress, console, human_bytes, stage, table, write_json
+from .ui import byte_progress, console, human_bytes, jsonable, stage, table, write_json
 
 
 class Target(str, Enum):
@@ -18,7 +17,6 @@ class Target(str, Enum):
     gguf = "gguf"
 
 
-@app.command()
 @stage
 def convert(
     src: Path = typer.Argument(..., help="MiniCPM Hugging Face folder (config.json + weights + tokenizer), "
@@ -32,14 +30,17 @@ def convert(
     fold: bool = typer.Option(False, "--fold", help="--to gguf: write the muP-folded model as plain llama "
                               "(MoE: llama with experts) instead of the native minicpm architecture."),
     imatrix: Path = typer.Option(None, "--imatrix", help="--to gguf k-quants: llama-imatrix importance matrix."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT (and --json FILE) if it is an earlier output "
+                               "of this kind (a model folder, a GGUF file, a JSON file)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
     revision: str = revision_option(),
     lora: list[Path] = lora_option(),
 ):
     """Convert a MiniCPM checkpoint: fold muP into a plain Llama (--to llama) or write GGUF (--to gguf)."""
     start = time.perf_counter()
-    check_output(out, force)
+    check_output(out, force, "model" if to is Target.llama else "gguf", [src])
+    if json_out:
+        check_output(json_out, force, "json", [src])
     check_revision([src], revision)
     with model_source(src, revision, lora) as folder:
         if to is Target.llama:
@@ -55,23 +56,23 @@ def convert(
             ["output", f"{out} ({result.architecture})"], *detail, ["time", f"{seconds:.2f} s"]]
     console.print(table("convert", ["", "value"], rows))
     if json_out:
-        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **vars(result)})
+        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **jsonable(result)},
+                   force, [src])
 
 
 def _convert_llama(src: Path, out: Path, dtype: str, max_shard_size: str, force: bool):
-    from converters.safetensors_out import nbytes
-    from converters.to_llama import convert_to_llama, plan_llama
+    from converters.to_llama import plan_llama, write_llama
 
-    _, out_dtype, _, plan = plan_llama(src, dtype)  # validate before showing a bar
-    total = sum(nbytes(t, out_dtype) for t in plan)
-    with byte_progress(total, f"folding {src.name} -> {out.name}") as advance:
-        return convert_to_llama(src, out, dtype, force, max_shard_size, advance)
+    plan = plan_llama(src, dtype)  # read and check once, before showing a bar
+    with byte_progress(plan.total_bytes, f"folding {src.name} -> {out.name}") as advance:
+        return write_llama(plan, out, force, max_shard_size, advance)
 
 
 def _convert_gguf(src: Path, out: Path, outtype: str, fold: bool, imatrix: Path | None, force: bool):
-    from converters.gguf_export import KQUANT_FTYPES, convert_to_gguf, plan_bytes, prepare
+    from converters.gguf_export import KQUANT_FTYPES, prepare, write_prepared
 
-    _, plan, _, outtype = prepare(src, outtype, fold, imatrix)  # validate before showing a bar
-    step = f"writing {out.name}" if outtype not in KQUANT_FTYPES else f"writing f16/f32 for {outtype}"
-    with byte_progress(plan_bytes(plan, outtype), f"{src.name} -> {step}") as advance:
-        return convert_to_gguf(src, out, outtype, fold, force, imatrix, advance)
+    prepared = prepare(src, outtype, fold, imatrix)  # read and check once, before showing a bar
+    kquant = prepared.outtype in KQUANT_FTYPES
+    step = f"writing f16/f32 for {prepared.outtype}" if kquant else f"writing {out.name}"
+    with byte_progress(prepared.total_bytes, f"{src.name} -> {step}") as advance:
+        return write_prepared(prepared, out, force, advance)

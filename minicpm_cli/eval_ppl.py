@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from converters.atomic import check_output
 from converters.errors import UsageError
-from .app import app
 from .sources import check_revision, lora_option, model_source, revision_option
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
@@ -46,7 +45,6 @@ def _pm(value: float, err: float) -> str:
     return f"{value:.4f} ± {err:.4f}" if value < 100 else f"{value:.2f} ± {err:.2f}"
 
 
-@app.command("eval-ppl")
 @stage
 def eval_ppl(
     models: list[Path] = typer.Argument(..., help="MiniCPM/Llama/MiniCPM3 folders, quantized folders, .gguf files, "
@@ -69,27 +67,29 @@ def eval_ppl(
     lora: list[Path] = typer.Option(None, "--lora", help="A PEFT LoRA adapter merged into the first MODEL (A with "
                                     "--compare), so `eval-ppl BASE --lora X --compare BASE` measures the fine-tune; "
                                     "repeat to apply several in order."),
+    force: bool = typer.Option(False, "--force", help="Replace --json / --plot files that are earlier outputs."),
 ):
     """Perplexity (± stderr), tokens/s, peak memory and size of each MODEL on the same text."""
     from runtime.perplexity import check_model_path, compare as compare_models, evaluate, load_text
     from runtime.plot import plot_format
 
-    for out in (json_out, plot):
-        if out is not None:
-            check_output(out, force=True)  # the folder must exist and be writable; reruns overwrite
+    sources = [*models, *([compare] if compare else [])]
     if plot is not None:
         plot_format(plot)
+    for out, kind in ((json_out, "json"), (plot, "plot")):
+        if out is not None:
+            check_output(out, force, kind, sources)  # before minutes of scoring
     if compare is not None and len(models) != 1:
         raise UsageError("--compare B takes exactly one MODEL (the reference A)")
     given = [*models, *([compare] if compare else [])]
     check_revision(given, revision)
-    with contextlib.ExitStack() as sources:
-        local = [sources.enter_context(model_source(m, revision, lora if i == 0 else None))
+    with contextlib.ExitStack() as stack:
+        local = [stack.enter_context(model_source(m, revision, lora if i == 0 else None))
                  for i, m in enumerate(given)]
         labels = {str(path): label for i, (arg, path) in enumerate(zip(given, local))
                   if (label := _label(arg, path, bool(lora) and i == 0))}
         _evaluate(local[: len(models)], local[-1] if compare else None, labels, dataset, split, ctx, stride,
-                  max_tokens, batch_size, device, dtype, threads, json_out, plot)
+                  max_tokens, batch_size, device, dtype, threads, json_out, plot, force, sources)
 
 
 def _label(arg: Path, path: Path, merged: bool) -> str | None:
@@ -102,7 +102,7 @@ def _label(arg: Path, path: Path, merged: bool) -> str | None:
 
 
 def _evaluate(models, compare, labels, dataset, split, ctx, stride, max_tokens, batch_size, device, dtype, threads,
-              json_out, plot) -> None:
+              json_out, plot, force, sources) -> None:
     from runtime.perplexity import check_model_path, compare as compare_models, evaluate, load_text
 
     for path in [*models, *([compare] if compare else [])]:
@@ -116,7 +116,7 @@ def _evaluate(models, compare, labels, dataset, split, ctx, stride, max_tokens, 
     if compare is not None:
         c = compare_models(models[0], compare, text, **options)
         c.a, c.b = labels.get(c.a, c.a), labels.get(c.b, c.b)
-        return _render_compare(c, source, ctx, json_out)
+        return _render_compare(c, source, ctx, json_out, force, sources)
     result = evaluate(models, text, **options)
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -143,14 +143,14 @@ def _evaluate(models, compare, labels, dataset, split, ctx, stride, max_tokens, 
                       highlight=False, markup=False)
     if json_out:
         write_json(json_out, {"dataset": source, "ctx": ctx, "stride": stride, "device": result.device,
-                              "models": [r.as_json() for r in result.results]})
+                              "models": result.results}, force, sources)
     if plot:
         from runtime.plot import plot_ppl_vs_size
 
-        plot_ppl_vs_size(result.results, plot, f"perplexity vs size: {source}, ctx {ctx}")
+        plot_ppl_vs_size(result.results, plot, f"perplexity vs size: {source}, ctx {ctx}", force, sources)
 
 
-def _render_compare(c, source: str, ctx: int, json_out: Path | None) -> None:
+def _render_compare(c, source: str, ctx: int, json_out: Path | None, force: bool, sources) -> None:
     rows = [["A", escape(c.a)], ["B", escape(c.b)], ["dataset", escape(source)], ["tokens", f"{c.tokens} (ctx {ctx})"],
             ["KL(A‖B) mean", f"{c.kl_mean:.3e} nats"], ["KL(A‖B) p99", f"{c.kl_p99:.3e} nats"],
             ["KL(A‖B) max", f"{c.kl_max:.3e} nats"], ["top-1 agreement", f"{100 * c.top1_agreement:.2f}%"],
@@ -161,4 +161,4 @@ def _render_compare(c, source: str, ctx: int, json_out: Path | None) -> None:
     if c.note:
         console.print(f"note: {c.note}", highlight=False, markup=False)
     if json_out:
-        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": vars(c)})
+        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": c}, force, sources)

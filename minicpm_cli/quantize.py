@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .app import app
+from converters.atomic import check_output
 from .sources import adapter_rows, check_revision, lora_option, model_source, revision_option
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
@@ -49,7 +49,6 @@ def layer_progress():
             bars.stop()
 
 
-@app.command()
 @stage
 def quantize(
     src: Path = typer.Argument(..., help="MiniCPM 1/2/4, MiniCPM-MoE or MiniCPM3 folder, a Llama/Mixtral folder, "
@@ -68,24 +67,26 @@ def quantize(
     ignore: list[str] = typer.Option(["lm_head"], "--ignore", help="Module names left in float (repeat the option; 'none' for none)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT (and --json FILE) if it is an earlier output "
+                               "of this kind (a model folder, a JSON file)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
     revision: str = revision_option(),
     lora: list[Path] = lora_option(),
 ):
     """Quantize a model to 4/8 bits with AWQ, GPTQ or bitsandbytes; OUT loads in transformers and vLLM."""
-    from quant.quantize import QuantizeOptions, quantize as run_quantize, result_dict
+    from quant.quantize import QuantizeOptions, quantize as run_quantize
 
     opts = QuantizeOptions(
         method=method.value, bits=bits, group_size=group_size, calib=calib, num_samples=num_samples,
         seq_len=seq_len, sym=sym, act_order=act_order, bnb_type=bnb_type.value if bnb_type else None,
         double_quant=double_quant, ignore=tuple(i for i in ignore if i.lower() != "none"), device=device, seed=seed)
+    if json_out:
+        check_output(json_out, force, "json", [src])
     check_revision([src], revision)
-    from converters.atomic import check_output
     from quant.quantize import resolve_options
 
     resolve_options(opts)  # option and OUT errors before any download
-    check_output(out, force)
+    check_output(out, force, "model", [src])
     with layer_progress() as progress, model_source(src, revision, lora) as folder:
         result = run_quantize(folder, out, opts, force=force, progress=progress)
         result.source = str(src)
@@ -100,4 +101,4 @@ def quantize(
             ["device", result.device], ["time", f"{result.seconds:.1f} s"]] + [["note", n] for n in result.notes]
     console.print(table("quantize", ["", "value"], rows))
     if json_out:
-        write_json(json_out, result_dict(result))
+        write_json(json_out, result, force, [src])

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import typer
@@ -27,9 +27,9 @@ def stage(fn):
         except UserError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (app.Terminated, which has .signum)
             err_console.print("[bold red]interrupted[/]: nothing was written", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
     return run
 
 
@@ -53,8 +53,26 @@ def table(title: str, columns: list[str], rows: list[list]) -> Table:
     return t
 
 
-def write_json(path, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+def jsonable(data):
+    """Results as JSON values: dataclasses become objects of their fields (less those marked
+    metadata={"json": False}), paths strings; the one conversion every verb's --json goes through."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return {f.name: jsonable(getattr(data, f.name)) for f in dataclasses.fields(data)
+                if f.metadata.get("json", True)}
+    if isinstance(data, dict):
+        return {k: jsonable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [jsonable(v) for v in data]
+    if isinstance(data, Path):
+        return str(data)
+    return data
+
+
+def write_json(path, data, force: bool = False, sources=()) -> None:
+    """--json FILE under the output policy (converters.atomic)."""
+    from converters.atomic import write_json as write_output
+
+    write_output(Path(path), jsonable(data), force, sources)
 
 
 def human_bytes(n: float) -> str:

@@ -1,15 +1,17 @@
 """`minicpm inspect`: what a model folder or GGUF file holds, read from metadata only."""
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from pathlib import Path
 
-from .checkpoint import Checkpoint, family_of, model_folder, read_json
+from .checkpoint import Checkpoint, model_folder, read_config
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
-from .shapes import check_checkpoint, minicpm3_shapes, shapes
-
-INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+from .families import family_of
+from .shapes import check_checkpoint
+from .tensors import element_count
 
 
 def disk_size(path: Path) -> int:
@@ -43,48 +45,49 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
 
         return "sentencepiece", len(load_tokenizer(folder))
     if (folder / "tokenizer.json").is_file():
-        import json
+        from .tokenizer import read_tokenizer_json
 
-        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-        return model.get("type", "?").lower(), len(model.get("vocab", {}))
+        model = read_tokenizer_json(folder / "tokenizer.json")["model"]
+        return str(model.get("type", "?")).lower(), len(model.get("vocab") or {})
     return "none", None
+
+
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def inspect_folder(path: Path, weights: bool = True) -> dict:
     """weights=False describes the folder from config.json (and an index) alone, reading no tensor file."""
     folder = model_folder(path)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     quantized = "quantization_config" in config
     size = disk_size(folder)
     if not weights:
         # a hub name, fetched without its weights: everything from config.json (and the index's total)
         family = family_of(config, folder / "config.json")
-        expected = (minicpm3_shapes(config, folder / "config.json") if family == "minicpm3"
-                    else shapes(config, family, folder / "config.json"))
-        params = sum(_numel(s) for s in expected.values())
-        if not config.get("tie_word_embeddings", family.startswith("minicpm")):
+        params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
+        if not config.get("tie_word_embeddings", str(family).startswith("minicpm")):
             params += config["vocab_size"] * config["hidden_size"]
         dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
         index = next((folder / f for f in INDEX_FILES if (folder / f).is_file()), None)
-        total = (read_json(index).get("metadata") or {}).get("total_size") if index else None
+        total = (json.loads(index.read_text()).get("metadata") or {}).get("total_size") if index else None
         size = int(total) if isinstance(total, (int, float)) else None
     elif quantized:  # packed tensors do not show the parameter count: derive it from the config
-        family = config.get("model_type", "?")
-        params = sum(_numel(s) for s in shapes(config, family, folder / "config.json").values())
+        family = family_of(config, folder / "config.json")
+        params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
         params += 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
         dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
     else:
         ckpt = Checkpoint(folder)
         check_checkpoint(ckpt)  # a checkpoint that disagrees with its config is reported, not described
         family = ckpt.family
-        params = sum(_numel(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
+        params = sum(element_count(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
         dtypes = sorted({str(ckpt.info(n).dtype).removeprefix("torch.") for n in ckpt.names})
     tok_kind, tok_size = _tokenizer(folder)
     from .tokenizer import chat_template
 
     mup = {k: config[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in config}
     return {
-        "path": str(folder), "format": "hf", "family": family,
+        "path": str(folder), "format": "hf", "family": family.name,
         "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
         "parameters": params, "dtypes": dtypes, "mup": mup,
         "quantization": _quantization(config),
@@ -92,13 +95,6 @@ def inspect_folder(path: Path, weights: bool = True) -> dict:
         "tokenizer": tok_kind, "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
         "size_bytes": size,
     }
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def inspect_gguf(path: Path) -> dict:
