@@ -43,8 +43,11 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
     if (folder / "tokenizer.json").is_file():
         import json
 
-        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-        return model.get("type", "?").lower(), len(model.get("vocab", {}))
+        data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        model = data["model"]
+        # ids, not entries: a padded vocabulary (MiniCPM5's <|im_start|> at 130072) has unused ids between
+        ids = [int(i) for i in model.get("vocab", {}).values()] + [int(t["id"]) for t in data.get("added_tokens", [])]
+        return model.get("type", "?").lower(), max(ids) + 1 if ids else 0
     return "none", None
 
 
