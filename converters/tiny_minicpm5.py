@@ -17,8 +17,8 @@ What is published, and kept here key for key:
 
 Training (optional) teaches the model text and the chat format in both thinking modes, exactly as the
 template renders them at inference: `prompt(enable_thinking=True) + reasoning + "\\n</think>\\n\\n" + answer +
-"<|im_end|>"` and `prompt(enable_thinking=False) + answer + "<|im_end|>"`. A 130560-row softmax would cost
-~30x the rest of the model per step, so training runs in a compact id space: the trained BPE ids, the two
+"<|im_end|>"` and `prompt(enable_thinking=False) + answer + "<|im_end|>"`. A 130560-row head costs 16.7M
+multiply-adds per token, ~18x everything else (0.9M), so training runs in a compact id space: the trained BPE ids, the two
 ChatML markers, and one class standing for all ~126k unused ids. Every unused row of lm_head is set to that
 class's weight w, so their summed probability is exactly exp(h·w + ln N) / Z: the compact loss is the full
 model's loss, not an approximation.
