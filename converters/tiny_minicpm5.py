@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .mup import OutTensor
+from .tensors import OutTensor
 from .safetensors_out import write_sharded
 from .tiny import minicpm_forward, read_text
 
