@@ -186,6 +186,16 @@ def test_minicpm3_and_moe_folders(tiny, cli, tmp_path):
         assert math.isfinite(m["ppl"]) and 100 < m["ppl"] < 20000 and m["tokens"] == 128
 
 
+def wait_for_samples(mem, n: int) -> None:
+    """Wait until PeakMemory's sampling thread has taken n more samples (a timeout only ends a hang)."""
+    import time
+
+    target, deadline = len(mem._samples) + n, time.monotonic() + 120
+    while len(mem._samples) < target:
+        assert time.monotonic() < deadline, "the memory sampler took no sample in 120 s"
+        time.sleep(0.001)
+
+
 @pytest.mark.parametrize("exact", [True, False])
 def test_peak_memory_is_the_growth_during_the_block(exact, monkeypatch):
     from runtime import perplexity
@@ -197,7 +207,7 @@ def test_peak_memory_is_the_growth_during_the_block(exact, monkeypatch):
         with perplexity.PeakMemory() as mem:
             block = torch.ones(size * mib // 4)  # float32, touched
             if not exact:
-                __import__("time").sleep(0.05)
+                wait_for_samples(mem, 2)  # the second began after the block was allocated
             del block
         assert size * mib * 0.9 <= mem.rss_growth <= size * mib * 1.3, (size, mem.rss_growth / mib)
 
