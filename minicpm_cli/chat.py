@@ -4,6 +4,8 @@ Interactive on a terminal; with --prompt (or text piped on stdin) it prints one 
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -47,11 +49,12 @@ class ChatSession:
         self.dropped = len(messages) - len(kept)
         return encode_prompt(self.model, self.fmt, kept)
 
-    def reply(self, user: str, write) -> str:
-        """Stream one reply through write(text); it joins the history even if Ctrl-C cut it short."""
+    def reply(self, user: str, write, interrupted=lambda: False) -> str:
+        """Stream one reply through write(text) until it ends or interrupted() turns true (asked after
+        every token); it joins the history even if Ctrl-C cut it short."""
         ids = self.prompt_ids(user)
         parts: list[str] = []
-        stream = self.generator.stream(ids, self.sampling)
+        stream = self.generator.stream(ids, self.sampling, interrupted)
         try:
             for piece in stream:
                 if not parts:  # a reply starts at its first visible character ("▁The" -> "The")
@@ -165,10 +168,37 @@ def interactive(session: ChatSession) -> None:
             sys.stdout.write("\n")
 
 
+@contextlib.contextmanager
+def ctrl_c_ends_reply():
+    """While a reply streams, Ctrl-C ends it after the token in progress; a second Ctrl-C raises
+    KeyboardInterrupt at once (e.g. during a long prompt's prefill). Yields interrupted() for reply().
+
+    A flag asked between tokens rather than Python's own KeyboardInterrupt: that exception is raised
+    in whatever Python code runs when the handler runs, and code called from C that discards errors
+    (finalizers, __eq__ under a dictionary lookup, attribute probes) drops it, and the reply goes on
+    to its end (issue 11 saw a ^C echoed mid-reply, then 150 more tokens until the context was full).
+    A flag cannot be dropped.
+    """
+    pressed = False
+
+    def on_sigint(signum, frame):
+        nonlocal pressed
+        if pressed:
+            raise KeyboardInterrupt
+        pressed = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def turn(session: ChatSession, line: str) -> None:
     """One exchange: stream the reply, then the dim stats line. Ctrl-C ends the reply early."""
     try:
-        session.reply(line, write_stream)
+        with ctrl_c_ends_reply() as interrupted:
+            session.reply(line, write_stream, interrupted)
     except KeyboardInterrupt:
         pass
     except UserError as exc:  # e.g. a message too long for the context: the chat goes on
@@ -180,11 +210,14 @@ def turn(session: ChatSession, line: str) -> None:
 
 def one_shot(session: ChatSession, text: str) -> None:
     try:
-        session.reply(text, write_stream)
+        with ctrl_c_ends_reply() as interrupted:
+            session.reply(text, write_stream, interrupted)
+        stopped = interrupted()
     except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        raise typer.Exit(130) from None
+        stopped = True
     sys.stdout.write("\n")
+    if stopped:
+        raise typer.Exit(130)
 
 
 def open_session(model_path: Path, sampling, system: str | None = None, device: str = "auto",
