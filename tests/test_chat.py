@@ -521,11 +521,11 @@ class Terminal:
         os.write(self.fd, keys.encode())
 
     def close(self) -> int | None:
-        """Wait (120 s at most, then kill) for the process to end; its exit code."""
+        """Wait (600 s at most, then kill) for the process to end; its exit code."""
         if self.fd < 0:
             return self.code
         self.code = None
-        end = time.monotonic() + 120
+        end = time.monotonic() + 600
         while time.monotonic() < end:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
@@ -549,7 +549,7 @@ def chat_terminal(src: Path, *options: str) -> Terminal:
 
 
 PROMPT = ">>> "
-PATIENCE = 120  # seconds: every wait ends as soon as the text shows; this only turns a hang into a failure
+PATIENCE = 600  # seconds: every wait ends as soon as the text shows; this only turns a hang into a failure
 
 
 @pytest.mark.slow
