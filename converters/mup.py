@@ -14,18 +14,9 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import Checkpoint
 from .errors import UserError
-from .shapes import check_shapes, shapes
-
-
-@dataclass
-class OutTensor:
-    """A tensor of the output model: its name, shape and how to compute it on demand."""
-    name: str
-    shape: tuple[int, ...]
-    make: Callable[[], torch.Tensor]
-    source_dtype: torch.dtype
+from .shapes import check_shapes
+from .tensors import OutTensor
 
 
 @dataclass(frozen=True)
@@ -46,18 +37,17 @@ class MupScales:
         )
 
 
-def tied(config: dict, ckpt: Checkpoint) -> bool:
-    # MiniCPM's config class defaults to tied embeddings, Llama's and Mixtral's to untied;
+def tied(config: dict, ckpt) -> bool:
+    # MiniCPM's config classes default to tied embeddings, Llama's and Mixtral's to untied;
     # a tied checkpoint may omit lm_head.
-    default = ckpt.family.startswith("minicpm")
-    return config.get("tie_word_embeddings", default) or "lm_head.weight" not in ckpt
+    return config.get("tie_word_embeddings", ckpt.family.tied_by_default) or "lm_head.weight" not in ckpt
 
 
-def _scaled(ckpt: Checkpoint, name: str, factor: float) -> Callable[[], torch.Tensor]:
+def _scaled(ckpt, name: str, factor: float) -> Callable[[], torch.Tensor]:
     return lambda: ckpt.get(name).to(torch.float32) * factor
 
 
-def _copied(ckpt: Checkpoint, name: str) -> Callable[[], torch.Tensor]:
+def _copied(ckpt, name: str) -> Callable[[], torch.Tensor]:
     return lambda: ckpt.get(name)
 
 
@@ -83,15 +73,13 @@ def fold_rope_scaling(config: dict) -> dict | None:
     return rs
 
 
-def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
-    """The Llama (dense) or Mixtral (MoE) config.json with the same function and no muP fields."""
-    if family in ("llama", "mixtral"):  # already plain: keep every field, untie the written head
-        out = {k: v for k, v in config.items() if k not in ("auto_map", "_name_or_path", "dtype")}
-        return out | {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
+def llama_config(config: dict, dtype: torch.dtype, architecture: str, model_type: str) -> dict:
+    """The Llama-shaped config.json fields of a MiniCPM config, with no muP fields (a family adds its
+    own: Mixtral's experts, Llama's mlp_bias)."""
     H, nh = config["hidden_size"], config["num_attention_heads"]
-    out = {
-        "architectures": ["MixtralForCausalLM" if family == "minicpm-moe" else "LlamaForCausalLM"],
-        "model_type": "mixtral" if family == "minicpm-moe" else "llama",
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": H,
         "intermediate_size": config["intermediate_size"],
         "num_hidden_layers": config["num_hidden_layers"],
@@ -114,28 +102,17 @@ def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
-    if family == "minicpm-moe":
-        out |= {"num_local_experts": config["num_experts"], "num_experts_per_tok": config["num_experts_per_tok"],
-                "router_aux_loss_coef": config.get("router_aux_loss_coef", 0.0), "sliding_window": None,
-                "output_router_logits": False}
-    else:
-        out["mlp_bias"] = False
-    return out
 
 
-def fold_plan(ckpt: Checkpoint) -> list[OutTensor]:
-    """The folded model's tensors, in order, each computed from the checkpoint when asked for."""
+def fold_plan(ckpt) -> list[OutTensor]:
+    """The folded model's tensors, in order, each computed from the checkpoint when asked for.
+
+    A Llama-shaped family folds its scales (none for a plain Llama); a family with no Llama
+    equivalent (MLA) refuses in its own `fold_plan`, which calls this one otherwise."""
     config, family = ckpt.config, ckpt.family
-    if family == "minicpm3":
-        raise UserError(
-            f"{ckpt.path}: MiniCPM3 uses multi-head latent attention, which has no Llama equivalent; "
-            "convert it with --to gguf, or load it directly (transformers has native minicpm3)", code=2)
-    expected = shapes(config, family, ckpt.path / "config.json")
+    expected = family.shapes(config, ckpt.path / "config.json")
     check_shapes(ckpt, expected)
-    if family in ("llama", "mixtral"):
-        scales = MupScales(1.0, 1.0, 1.0)
-    else:
-        scales = MupScales.from_config(config, ckpt.path / "config.json")
+    scales = family.mup_scales(config, ckpt.path / "config.json")
     plan = []
     for name, shape in expected.items():
         out_name = name.replace(".mlp.gate.", ".block_sparse_moe.gate.").replace(
