@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .checkpoint import Checkpoint, model_folder, read_json
+from .checkpoint import Checkpoint, model_folder, read_config
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
 from .families import family_of
@@ -43,16 +43,16 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
 
         return "sentencepiece", len(load_tokenizer(folder))
     if (folder / "tokenizer.json").is_file():
-        import json
+        from .tokenizer import read_tokenizer_json
 
-        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-        return model.get("type", "?").lower(), len(model.get("vocab", {}))
+        model = read_tokenizer_json(folder / "tokenizer.json")["model"]
+        return str(model.get("type", "?")).lower(), len(model.get("vocab") or {})
     return "none", None
 
 
 def inspect_folder(path: Path) -> dict:
     folder = model_folder(path)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     quantized = "quantization_config" in config
     if quantized:  # packed tensors do not show the parameter count: derive it from the config
         family = family_of(config, folder / "config.json")

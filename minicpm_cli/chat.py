@@ -12,14 +12,15 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from converters.atomic import atomic_output
+from converters.atomic import write_json
 from converters.errors import UsageError, UserError
 from .ui import console, err_console, stage
 
 HELP = """commands:
   /reset          forget the conversation (the system prompt stays)
   /system TEXT    set the system prompt (/system alone removes it)
-  /save FILE      write the conversation as JSON
+  /save FILE      write the conversation as JSON to a new FILE
+  /save --force FILE   replace FILE if it is a JSON file (an earlier transcript)
   /help           this help
   /exit           quit (or Ctrl-D); Ctrl-C stops a reply"""
 DEFAULT_CONTEXT = 4096
@@ -104,13 +105,13 @@ def write_stream(text: str) -> None:
 
 
 def save_transcript(session: ChatSession, arg: str) -> str:
-    import json
-
+    """`/save [--force] FILE`: the same output policy as every verb's OUT (converters.atomic)."""
+    force = arg.startswith("--force ") or arg == "--force"
+    arg = arg.removeprefix("--force").strip() if force else arg
     if not arg:
         raise UsageError("/save needs a file name: /save FILE")
     path = Path(arg).expanduser()
-    with atomic_output(path, force=True, is_dir=False) as tmp:
-        tmp.write_text(json.dumps(session.transcript(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, session.transcript(), force, [session.model.path])
     return f"saved {len(session.messages)} messages to {path}"
 
 
@@ -139,6 +140,12 @@ def command(session: ChatSession, line: str) -> bool:
     return True
 
 
+def _unless_terminated(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C stops a reply; SIGTERM/SIGHUP (app.Terminated) end the chat."""
+    if hasattr(exc, "signum"):
+        raise exc
+
+
 def interactive(session: ChatSession) -> None:
     try:
         import readline  # noqa: F401  (gives input() line editing and history)
@@ -151,7 +158,8 @@ def interactive(session: ChatSession) -> None:
         except EOFError:  # Ctrl-D
             sys.stdout.write("\n")
             return
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh line
+        except KeyboardInterrupt as exc:  # Ctrl-C at the prompt: a fresh line
+            _unless_terminated(exc)
             sys.stdout.write("\n")
             continue
         if not line:
@@ -162,7 +170,8 @@ def interactive(session: ChatSession) -> None:
                     return
                 continue
             turn(session, line)
-        except KeyboardInterrupt:  # Ctrl-C just after a reply or during a command: back to the prompt
+        except KeyboardInterrupt as exc:  # Ctrl-C just after a reply or during a command: back to the prompt
+            _unless_terminated(exc)
             sys.stdout.write("\n")
 
 
@@ -197,8 +206,8 @@ def turn(session: ChatSession, line: str) -> None:
     try:
         with ctrl_c_ends_reply() as interrupted:
             session.reply(line, write_stream, interrupted)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        _unless_terminated(exc)
     except UserError as exc:  # e.g. a message too long for the context: the chat goes on
         err_console.print(f"error: {exc}", style="red", highlight=False, markup=False)
         return
@@ -211,7 +220,8 @@ def one_shot(session: ChatSession, text: str) -> None:
         with ctrl_c_ends_reply() as interrupted:
             session.reply(text, write_stream, interrupted)
         stopped = interrupted()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _unless_terminated(exc)
         stopped = True
     sys.stdout.write("\n")
     if stopped:
@@ -239,6 +249,8 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
             template_text = template.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--template {template}: cannot be read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"--template {template}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     transformers_logging.set_verbosity_error()  # config advice and loading bars are not for a chat screen
     transformers_logging.disable_progress_bar()
     with err_console.status(f"loading {model_path.name}"):

@@ -8,8 +8,13 @@ backends see the same ids.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from converters.errors import UserError
 
@@ -27,17 +32,59 @@ CHATML_TEMPLATE = (
 END_OF_TURN = ("<|im_end|>", "<用户>")
 
 
+# A template is code from the model folder: it renders under a budget, so a loop cannot hang the chat
+# and `'x' * 10**10` cannot take the memory. Published templates render in about a millisecond.
+RENDER_SECONDS = 2.0
+RENDER_CHARS = 1 << 20
+
+
+class TemplateBudgetExceeded(Exception):
+    pass
+
+
+class BudgetedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with `*` and `**` refused when their result would be larger than the render budget."""
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > RENDER_CHARS:
+                    raise TemplateBudgetExceeded(f"a repetition of {len(seq)} x {n} items")
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1024:
+            raise TemplateBudgetExceeded(f"a power with exponent {right}")
+        return super().call_binop(context, operator, left, right)
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float):
+    """Raise TemplateBudgetExceeded in this (main) thread after `seconds` of wall time (SIGALRM)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield  # other threads cannot take signals; the size budget still holds
+        return
+
+    def expire(signum, frame):
+        raise TemplateBudgetExceeded(f"rendering took more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def compile_template(source: str, where: str):
     """A jinja2 template compiled the way transformers compiles chat templates (sandboxed)."""
     import json
 
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+    env = BudgetedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
         x, indent=indent, ensure_ascii=ensure_ascii)
@@ -61,9 +108,20 @@ class ChatFormat:
         self._compiled = compile_template(self.template, self.source)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        budget = RENDER_CHARS + sum(len(str(m.get("content", ""))) for m in messages)  # room for the messages
         try:
-            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
+            parts, size = [], 0
+            with time_budget(RENDER_SECONDS):
+                for part in self._compiled.generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                    bos_token=self.bos_token, eos_token=self.eos_token):
+                    size += len(part)
+                    if size > budget:
+                        raise TemplateBudgetExceeded(f"the output passed {budget} characters")
+                    parts.append(part)
+            return "".join(parts)
+        except TemplateBudgetExceeded as exc:
+            raise UserError(f"chat template ({self.source}) exceeds its budget: {exc} (a hostile or broken "
+                            "template)") from None
         except Exception as exc:  # jinja errors, and template code failing on the messages
             raise UserError(f"chat template ({self.source}) failed to render: {type(exc).__name__}: {exc}") from None
 

@@ -33,6 +33,12 @@ class Sampling:
     seed: int | None = None
 
     def check(self) -> "Sampling":
+        import math
+
+        for name, value in (("--temperature", self.temperature), ("--top-p", self.top_p),
+                            ("--repetition-penalty", self.repetition_penalty)):
+            if not math.isfinite(value):
+                raise UsageError(f"{name} {value}: must be a finite number")
         if self.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
         if self.temperature < 0:

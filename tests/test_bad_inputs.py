@@ -14,6 +14,7 @@ traceback, and nothing partial left on disk.
 | tensor shape disagreeing with config   | 1, "<tensor> has shape [...] but config.json ..."  | yes        |
 | GGUF truncated                         | 1, "<file>: not a readable GGUF file"              | yes        |
 | OUT exists                             | 2, "already exists (use --force ...)"              |            |
+| --force onto a folder that is not ours | 2, "not a model folder this command writes"        |            |
 | OUT in a read-only folder              | 1, "not writable"                                  |            |
 | disk full during write                 | 1, "could not write output: No space left"         |            |
 | Ctrl-C (SIGINT) mid-conversion         | 130, "interrupted", no OUT, no temporary           |            |
@@ -143,8 +144,14 @@ def test_out_exists_refused_unless_force(cli, model, tmp_path):
     r = cli("convert", model, "--to", "llama", "-o", out)
     assert_one_line_error(r, "already exists", "--force", code=2)
     assert (out / "keep.txt").read_text() == "mine"
-    assert cli("convert", model, "--to", "llama", "-o", out, "--force").code == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    r = cli("convert", model, "--to", "llama", "-o", out, "--force")  # a user's folder: never replaced
+    assert_one_line_error(r, "is not a model folder this command writes", code=2)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert cli("convert", model, "--to", "llama", "-o", out / "ours").code == 0
+    r = cli("convert", model, "--to", "llama", "-o", out / "ours", "--force", "--dtype", "f32")  # ours: replaced
+    assert r.code == 0 and "replaced" in r.err, r
+    assert json.loads((out / "ours" / "config.json").read_text())["torch_dtype"] == "float32"
 
 
 @pytest.fixture
