@@ -6,6 +6,8 @@ the answer; the one-shot reply prints only the answer unless --show-thinking ask
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -60,9 +62,10 @@ class ChatSession:
             self.opens_thinking = prompt_opens_thinking(self.fmt.render(kept, enable_thinking=think))
         return encode_prompt(self.model, self.fmt, kept, think)
 
-    def reply(self, user: str, write, write_reasoning=None) -> str:
+    def reply(self, user: str, write, write_reasoning=None, interrupted=lambda: False) -> str:
         """Stream one reply's answer through write(text) and, with a thinking template, its reasoning
-        through write_reasoning(text) (if given); it joins the history even if Ctrl-C cut it short."""
+        through write_reasoning(text) (if given), until it ends or interrupted() turns true (asked after
+        every token); it joins the history even if Ctrl-C cut it short."""
         from runtime.thinking import ThinkingSplitter
 
         ids = self.prompt_ids(user)
@@ -76,7 +79,7 @@ class ChatSession:
                 elif write_reasoning is not None:
                     write_reasoning(text)
 
-        stream = self.generator.stream(ids, self.sampling)
+        stream = self.generator.stream(ids, self.sampling, interrupted)
         try:
             for piece in stream:
                 if split is not None:
@@ -244,11 +247,38 @@ def interactive(session: ChatSession, show_reasoning: bool = True) -> None:
             sys.stdout.write("\n")
 
 
+@contextlib.contextmanager
+def ctrl_c_ends_reply():
+    """While a reply streams, Ctrl-C ends it after the token in progress; a second Ctrl-C raises
+    KeyboardInterrupt at once (e.g. during a long prompt's prefill). Yields interrupted() for reply().
+
+    A flag asked between tokens rather than Python's own KeyboardInterrupt: that exception is raised
+    in whatever Python code runs when the handler runs, and code called from C that discards errors
+    (finalizers, __eq__ under a dictionary lookup, attribute probes) drops it, and the reply goes on
+    to its end (issue 11 saw a ^C echoed mid-reply, then 150 more tokens until the context was full).
+    A flag cannot be dropped.
+    """
+    pressed = False
+
+    def on_sigint(signum, frame):
+        nonlocal pressed
+        if pressed:
+            raise KeyboardInterrupt
+        pressed = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def turn(session: ChatSession, line: str, show_reasoning: bool = True) -> None:
     """One exchange: stream the reply, then the dim stats line. Ctrl-C ends the reply early."""
     out = ReplyWriter(show_reasoning)
     try:
-        session.reply(line, out.answer, out.reasoning)
+        with ctrl_c_ends_reply() as interrupted:
+            session.reply(line, out.answer, out.reasoning, interrupted)
     except KeyboardInterrupt as exc:
         _unless_terminated(exc)
     except UserError as exc:  # e.g. a message too long for the context: the chat goes on
@@ -264,14 +294,16 @@ def turn(session: ChatSession, line: str, show_reasoning: bool = True) -> None:
 def one_shot(session: ChatSession, text: str, show_reasoning: bool = False) -> None:
     out = ReplyWriter(show_reasoning)
     try:
-        session.reply(text, out.answer, out.reasoning)
+        with ctrl_c_ends_reply() as interrupted:
+            session.reply(text, out.answer, out.reasoning, interrupted)
+        stopped = interrupted()
     except KeyboardInterrupt as exc:
         _unless_terminated(exc)
-        out.close()
-        sys.stdout.write("\n")
-        raise typer.Exit(130) from None
+        stopped = True
     out.close()
     sys.stdout.write("\n")
+    if stopped:
+        raise typer.Exit(130)
 
 
 def open_session(model_path: Path, sampling, system: str | None = None, device: str = "auto",
