@@ -284,5 +284,5 @@ def check_bin_archive(path: Path) -> None:
 
 TOKENIZER_FILES = (
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "generation_config.json",
+    "added_tokens.json", "generation_config.json", "chat_template.jinja",
 )

@@ -47,8 +47,11 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
     if (folder / "tokenizer.json").is_file():
         from .tokenizer import read_tokenizer_json
 
-        model = read_tokenizer_json(folder / "tokenizer.json")["model"]
-        return str(model.get("type", "?")).lower(), len(model.get("vocab") or {})
+        data = read_tokenizer_json(folder / "tokenizer.json")
+        model = data["model"]
+        # ids, not entries: a padded vocabulary (MiniCPM5's <|im_start|> at 130072) has unused ids between
+        ids = [int(i) for i in (model.get("vocab") or {}).values()] + [int(t["id"]) for t in data.get("added_tokens", [])]
+        return str(model.get("type", "?")).lower(), max(ids) + 1 if ids else 0
     return "none", None
 
 

@@ -8,6 +8,8 @@ Two vocabularies are supported:
 - byte-level BPE (`tokenizer.json` only, llama.cpp model "gpt2"): vocab, merges and the pre-tokenizer
   llama.cpp must use, recognised from the split regex.
 The vocabulary is padded with unused `[PAD{id}]` tokens up to the embedding rows.
+generation_config.json's sampling values travel as `general.sampling.*` (do_sample false: temperature 0),
+so `minicpm chat` samples a GGUF file as it samples its folder.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Vocab:
     add_space_prefix: bool | None = None
     remove_extra_whitespaces: bool | None = None
     chat_template: str | None = None
+    sampling: dict[str, float] = field(default_factory=dict)  # general.sampling.* key suffix -> value
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -205,7 +208,19 @@ def read_vocab(folder: Path, rows: int, config: dict) -> Vocab:
         if isinstance(i, int) and 0 <= i < rows:
             vocab.special[key] = i
     vocab.chat_template = chat_template(folder)
+    vocab.sampling = _sampling(read_json(gen) if gen.is_file() else {})
     return vocab
+
+
+GGUF_SAMPLING = {"temperature": "temp", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "penalty_repeat"}
+
+
+def _sampling(gen: dict) -> dict[str, float]:
+    values = {key: gen[name] for name, key in GGUF_SAMPLING.items()
+              if isinstance(gen.get(name), (int, float)) and not isinstance(gen.get(name), bool)}
+    if gen.get("do_sample") is False:
+        values["temp"] = 0.0
+    return values
 
 
 def add_vocab(writer, vocab: Vocab) -> None:
@@ -231,3 +246,8 @@ def add_vocab(writer, vocab: Vocab) -> None:
         writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
+    for key, value in vocab.sampling.items():
+        if key == "top_k":
+            writer.add_int32(f"general.sampling.{key}", int(value))
+        else:
+            writer.add_float32(f"general.sampling.{key}", float(value))

@@ -210,9 +210,7 @@ def library_error(exc: Exception) -> str:
 def copy_tokenizer(src: Path, out: Path) -> None:
     from converters.tokenizer import copy_tokenizer_files
 
-    copy_tokenizer_files(src, out)
-    if (src / "chat_template.jinja").is_file():
-        shutil.copyfile(src / "chat_template.jinja", out / "chat_template.jinja")
+    copy_tokenizer_files(src, out)  # chat_template.jinja included
 
 
 # --- the phases: prepare -> quantize (calibrating where the method does) -> save -----------------------

@@ -134,12 +134,29 @@ class HFModel(LoadedModel):
         with torch.inference_mode():
             return self.model(input_ids=x, use_cache=False, logits_to_keep=keep).logits
 
+    def shipped_sampling(self) -> tuple[dict, str, list]:
+        """(sampling values, where from, eos ids) of generation_config.json (see runtime.model_defaults)."""
+        path = self.path / "generation_config.json"
+        config = read_json(path) if path.is_file() else {}
+        if not isinstance(config, dict):
+            raise UserError(f"{path}: expected a JSON object")
+        values = {k: config[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty")
+                  if isinstance(config.get(k), (int, float)) and not isinstance(config.get(k), bool)}
+        if config.get("do_sample") is False:  # transformers: greedy, whatever temperature says
+            values["temperature"] = 0.0
+        eos = config.get("eos_token_id")
+        return values, "generation_config.json", eos if isinstance(eos, list) else [] if eos is None else [eos]
+
     def template_info(self) -> tuple[str | None, str, str, str]:
+        from converters.checkpoint import read_json
         from converters.tokenizer import chat_template
 
         tok = self.tokenizer
-        return (chat_template(self.path), f"{self.path.name}/tokenizer_config.json",
-                tok.bos_token or "", tok.eos_token or "")
+        config = self.path / "tokenizer_config.json"
+        in_config = config.is_file() and read_json(config).get("chat_template") is not None
+        where = "tokenizer_config.json" if in_config or not (self.path / "chat_template.jinja").is_file() \
+            else "chat_template.jinja"  # MiniCPM5 ships its template as a file of its own
+        return chat_template(self.path), f"{self.path.name}/{where}", tok.bos_token or "", tok.eos_token or ""
 
     def text_stream(self, context: list[int]):
         from .generate import HFTextStream
@@ -172,6 +189,13 @@ class GGUFModel(LoadedModel):
             view = torch.from_numpy(llama.scores[len(seq) - keep: len(seq)])
             rows.append(view if len(inputs) == 1 else view.clone())
         return torch.stack(rows) if len(rows) > 1 else rows[0][None]
+
+    def shipped_sampling(self) -> tuple[dict, str, list]:
+        """(sampling values, where from, eos ids): the general.sampling.* keys convert copies."""
+        meta = self.model.metadata or {}
+        keys = {"temperature": "temp", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "penalty_repeat"}
+        values = {k: meta[f"general.sampling.{key}"] for k, key in keys.items() if f"general.sampling.{key}" in meta}
+        return values, "GGUF metadata", []
 
     def template_info(self) -> tuple[str | None, str, str, str]:
         llama = self.model

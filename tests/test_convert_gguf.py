@@ -178,6 +178,7 @@ def test_f16_and_q8_0_agree_with_reference(family, tiny, cli, tmp_path):
             assert kind == ("F32" if one_d else outtype.upper()), (name, kind)
 
 
+@pytest.mark.slow
 def test_low_bit_files_are_small_and_still_agree(tiny, cli, tmp_path):
     """q4_0 (our numpy quantizer) and q4_k_m (llama.cpp's) on a model trained on real text."""
     import pyarrow.parquet as pq
