@@ -5,7 +5,9 @@ Safetensors shards are memory-mapped and each tensor is read on demand; `.bin` w
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,11 +204,76 @@ class Checkpoint:
             return torch.empty(info.shape, dtype=info.dtype)
         return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
 
+    def row_chunks(self, name: str, max_bytes: int = 16 << 20):
+        """The tensor as consecutive row blocks of at most ~max_bytes each (at least one row), read
+        from disk one block at a time: a scaled copy of a vocabulary-sized tensor needs one block of
+        memory, not the tensor."""
+        info = self.info(name)
+        if len(info.shape) < 2 or info.nbytes <= max_bytes:
+            yield self.get(name)
+            return
+        rows = info.shape[0]
+        row_bytes = info.nbytes // rows
+        step = max(1, max_bytes // row_bytes)
+        path = self._where[name]
+        if path.suffix == ".bin":
+            whole = self._load_bin(path)[name]  # memory-mapped: slicing reads only those pages
+            for start in range(0, rows, step):
+                yield whole[start: start + step]
+            return
+        begin, _ = self._offsets[name]
+        with open(path, "rb", buffering=0) as f:
+            for start in range(0, rows, step):
+                n = min(step, rows - start)
+                data = bytearray(n * row_bytes)
+                f.seek(begin + start * row_bytes)
+                if f.readinto(data) != len(data):
+                    raise UserError(f"{path}: truncated while reading tensor {name}")
+                yield torch.frombuffer(data, dtype=info.dtype).reshape(n, *info.shape[1:])
+
+    def copy_bytes(self, name: str, out_fd: int) -> None:
+        """Append the tensor's stored bytes to the file descriptor `out_fd` at its current position.
+
+        Safetensors data goes file to file in the kernel (copy_file_range; a plain read/write loop
+        where the file systems do not support it): no decode, no Python-side buffer of the tensor."""
+        path = self._where[name]
+        if path.suffix == ".bin":
+            for block in self.row_chunks(name):
+                write_all(out_fd, block.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            return
+        begin, end = self._offsets[name]
+        with open(path, "rb", buffering=0) as f:
+            offset = begin
+            try:
+                while offset < end:
+                    n = os.copy_file_range(f.fileno(), out_fd, min(end - offset, 1 << 30), offset)
+                    if n == 0:
+                        raise UserError(f"{path}: truncated while reading tensor {name}")
+                    offset += n
+            except (AttributeError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                                                  errno.EOPNOTSUPP):
+                    raise
+                f.seek(offset)
+                while offset < end:
+                    block = f.read(min(end - offset, 16 << 20))
+                    if not block:
+                        raise UserError(f"{path}: truncated while reading tensor {name}") from None
+                    write_all(out_fd, block)
+                    offset += len(block)
+
     def file(self, name: str) -> Path:
         return self.path / name
 
     def tokenizer_files(self) -> list[Path]:
         return [self.path / f for f in TOKENIZER_FILES if (self.path / f).is_file()]
+
+
+def write_all(fd: int, data) -> None:
+    """os.write until every byte of `data` is written (one call may write part of it)."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
 
 
 TOKENIZER_FILES = (

@@ -2,9 +2,20 @@
 
 MiniCPM computes  h0 = embed[x] * scale_emb,  h += branch(h) * scale_depth / sqrt(L)  for every
 attention and MLP branch, and  logits = lm_head(norm(h) / (hidden_size / dim_model_base)).
-Every scalar sits next to a linear map, so multiplying it into that map's weight gives the same
-function with none of the scalars: embed *= scale_emb; o_proj, down_proj (experts' w2) *= residual
-scale; lm_head (or the tied embedding) /= hidden_size / dim_model_base. Arithmetic is float32.
+Every scalar sits next to a linear map or a norm, so multiplying it into that weight gives the same
+function with none of the scalars. Two exact folds, chosen by whether the head is tied:
+
+- untied: embed *= scale_emb; o_proj, down_proj (experts' w2) *= residual scale;
+  lm_head /= hidden_size / dim_model_base.
+- tied (the embedding is also the head): the whole residual stream is carried divided by scale_emb,
+  so the embedding stays as it is and stays tied. o_proj, down_proj (w2) *= residual / scale_emb;
+  every RMSNorm's eps /= scale_emb**2, because RMSNorm(c*x) with eps*c**2 equals RMSNorm(x) with eps
+  exactly ((c*x) / sqrt(mean((c*x)**2) + eps*c**2) = x / sqrt(mean(x**2) + eps)); the final norm's
+  weight /= hidden_size / dim_model_base. One vocabulary-sized tensor instead of two, and the
+  embedding is never rounded again.
+
+Arithmetic is float32. Each output tensor records its source tensor and factor, so a writer can copy
+an unchanged tensor's bytes and scale the others in bounded chunks.
 """
 from __future__ import annotations
 
@@ -21,11 +32,17 @@ from .shapes import check_shapes, shapes
 
 @dataclass
 class OutTensor:
-    """A tensor of the output model: its name, shape and how to compute it on demand."""
+    """A tensor of the output model: its name, shape and how to compute it on demand.
+
+    When `source` is set the tensor is exactly `factor * ckpt[source]` (so a writer may copy bytes
+    when factor is 1 and the dtype is kept, or scale row chunks instead of calling `make`)."""
     name: str
     shape: tuple[int, ...]
     make: Callable[[], torch.Tensor]
     source_dtype: torch.dtype
+    source: str | None = None
+    factor: float = 1.0
+    checkpoint: Checkpoint | None = None  # where `source` is read from
 
 
 @dataclass(frozen=True)
@@ -53,12 +70,33 @@ def tied(config: dict, ckpt: Checkpoint) -> bool:
     return config.get("tie_word_embeddings", default) or "lm_head.weight" not in ckpt
 
 
-def _scaled(ckpt: Checkpoint, name: str, factor: float) -> Callable[[], torch.Tensor]:
-    return lambda: ckpt.get(name).to(torch.float32) * factor
+@dataclass(frozen=True)
+class FoldFactors:
+    """What each weight of the folded model is multiplied by (see the module docstring)."""
+    embed: float = 1.0
+    branch_out: float = 1.0  # o_proj, down_proj, experts' w2
+    final_norm: float = 1.0
+    head: float | None = 1.0  # None: the head is tied to the embedding and not written
+    eps: float = 1.0  # rms_norm_eps is multiplied by this
+
+    @classmethod
+    def of(cls, config: dict, family: str, is_tied: bool, where) -> "FoldFactors":
+        if family in ("llama", "mixtral"):
+            return cls(head=None if is_tied else 1.0)
+        s = MupScales.from_config(config, where)
+        if is_tied:
+            return cls(branch_out=s.residual / s.embedding, final_norm=1.0 / s.logit, head=None,
+                       eps=1.0 / s.embedding ** 2)
+        return cls(embed=s.embedding, branch_out=s.residual, head=1.0 / s.logit)
 
 
-def _copied(ckpt: Checkpoint, name: str) -> Callable[[], torch.Tensor]:
-    return lambda: ckpt.get(name)
+def source_tensor(ckpt: Checkpoint, out_name: str, name: str, shape, factor: float) -> OutTensor:
+    """`factor * ckpt[name]`, computed in float32 when factor is not 1, else the stored tensor."""
+    if factor == 1.0:
+        make = lambda: ckpt.get(name)  # noqa: E731
+    else:
+        make = lambda: ckpt.get(name).to(torch.float32) * factor  # noqa: E731
+    return OutTensor(out_name, tuple(shape), make, ckpt.info(name).dtype, name, factor, ckpt)
 
 
 def fold_rope_scaling(config: dict) -> dict | None:
@@ -83,11 +121,12 @@ def fold_rope_scaling(config: dict) -> dict | None:
     return rs
 
 
-def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
+def folded_config(config: dict, family: str, dtype: torch.dtype, factors: FoldFactors) -> dict:
     """The Llama (dense) or Mixtral (MoE) config.json with the same function and no muP fields."""
-    if family in ("llama", "mixtral"):  # already plain: keep every field, untie the written head
+    tie = factors.head is None
+    if family in ("llama", "mixtral"):  # already plain: keep every field
         out = {k: v for k, v in config.items() if k not in ("auto_map", "_name_or_path", "dtype")}
-        return out | {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
+        return out | {"tie_word_embeddings": tie, "torch_dtype": str(dtype).removeprefix("torch.")}
     H, nh = config["hidden_size"], config["num_attention_heads"]
     out = {
         "architectures": ["MixtralForCausalLM" if family == "minicpm-moe" else "LlamaForCausalLM"],
@@ -100,14 +139,14 @@ def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
         "head_dim": config.get("head_dim") or H // nh,
         "vocab_size": config["vocab_size"],
         "max_position_embeddings": config.get("max_position_embeddings", 4096),
-        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
+        "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)) * factors.eps,
         "rope_theta": config.get("rope_theta", 10000.0),
         "rope_scaling": fold_rope_scaling(config),
         "hidden_act": config.get("hidden_act", "silu"),
         "initializer_range": config.get("initializer_range", 0.02),
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": tie,
         "bos_token_id": config.get("bos_token_id", 1),
         "eos_token_id": config.get("eos_token_id", 2),
         "pad_token_id": config.get("pad_token_id"),
@@ -123,8 +162,14 @@ def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
     return out
 
 
+def fold_factors(ckpt: Checkpoint) -> FoldFactors:
+    return FoldFactors.of(ckpt.config, ckpt.family, tied(ckpt.config, ckpt), ckpt.path / "config.json")
+
+
 def fold_plan(ckpt: Checkpoint) -> list[OutTensor]:
-    """The folded model's tensors, in order, each computed from the checkpoint when asked for."""
+    """The folded model's tensors, in order, each computed from the checkpoint when asked for.
+
+    A tied checkpoint gives no lm_head (the output config ties it, see `folded_config`)."""
     config, family = ckpt.config, ckpt.family
     if family == "minicpm3":
         raise UserError(
@@ -132,26 +177,24 @@ def fold_plan(ckpt: Checkpoint) -> list[OutTensor]:
             "convert it with --to gguf, or load it directly (transformers has native minicpm3)", code=2)
     expected = shapes(config, family, ckpt.path / "config.json")
     check_shapes(ckpt, expected)
-    if family in ("llama", "mixtral"):
-        scales = MupScales(1.0, 1.0, 1.0)
-    else:
-        scales = MupScales.from_config(config, ckpt.path / "config.json")
+    f = fold_factors(ckpt)
     plan = []
     for name, shape in expected.items():
         out_name = name.replace(".mlp.gate.", ".block_sparse_moe.gate.").replace(
             ".mlp.experts.", ".block_sparse_moe.experts.")
-        if name == "model.embed_tokens.weight" and scales.embedding != 1.0:
-            make = _scaled(ckpt, name, scales.embedding)
-        elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")) and scales.residual != 1.0:
-            make = _scaled(ckpt, name, scales.residual)
+        if name == "model.embed_tokens.weight":
+            factor = f.embed
+        elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
+            factor = f.branch_out
+        elif name == "model.norm.weight":
+            factor = f.final_norm
         else:
-            make = _copied(ckpt, name)
-        plan.append(OutTensor(out_name, shape, make, ckpt.info(name).dtype))
-    head_src = "model.embed_tokens.weight" if tied(config, ckpt) else "lm_head.weight"
-    head_shape = (config["vocab_size"], config["hidden_size"])
-    if ckpt.info(head_src).shape != head_shape:
-        raise UserError(f"{ckpt.path}: tensor {head_src} has shape {list(ckpt.info(head_src).shape)} "
-                        f"but config.json implies {list(head_shape)}")
-    make = _scaled(ckpt, head_src, 1.0 / scales.logit) if scales.logit != 1.0 else _copied(ckpt, head_src)
-    plan.append(OutTensor("lm_head.weight", head_shape, make, ckpt.info(head_src).dtype))
+            factor = 1.0
+        plan.append(source_tensor(ckpt, out_name, name, shape, factor))
+    if f.head is not None:
+        head_shape = (config["vocab_size"], config["hidden_size"])
+        if ckpt.info("lm_head.weight").shape != head_shape:
+            raise UserError(f"{ckpt.path}: tensor lm_head.weight has shape {list(ckpt.info('lm_head.weight').shape)} "
+                            f"but config.json implies {list(head_shape)}")
+        plan.append(source_tensor(ckpt, "lm_head.weight", "lm_head.weight", head_shape, f.head))
     return plan

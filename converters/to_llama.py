@@ -12,7 +12,7 @@ import torch
 from .atomic import atomic_output
 from .checkpoint import DTYPE_NAMES, Checkpoint
 from .errors import UsageError
-from .mup import fold_plan, folded_config
+from .mup import fold_factors, fold_plan, folded_config
 from .safetensors_out import nbytes, write_sharded
 from .tokenizer import copy_tokenizer_files
 
@@ -47,7 +47,7 @@ def plan_llama(src: Path | str, dtype: str = "auto"):
     ckpt = Checkpoint(src)
     plan = fold_plan(ckpt)
     out_dtype = output_dtype(dtype, ckpt)
-    return ckpt, out_dtype, folded_config(ckpt.config, ckpt.family, out_dtype), plan
+    return ckpt, out_dtype, folded_config(ckpt.config, ckpt.family, out_dtype, fold_factors(ckpt)), plan
 
 
 def convert_to_llama(src: Path | str, out: Path | str, dtype: str = "auto", force: bool = False,
