@@ -1,8 +1,8 @@
 """A lean decode loop for float transformers Llama models (every folded MiniCPM 1/2/4, plain Llama).
 
 It computes what transformers' LlamaForCausalLM computes, from the same parameters, with less around
-it: the KV cache is one preallocated tensor per layer ([kv_heads, max_len, head_dim], written in
-place), q/k/v and gate/up run as one matmul each over weights concatenated once (the modules' own
+it: the KV cache is one tensor for all layers ([layers, kv_heads, capacity, head_dim], written in
+place; its capacity doubles when a reply outgrows it, up to the context), q/k/v and gate/up run as one matmul each over weights concatenated once (the modules' own
 parameters become views into them, so no weight is held twice), attention is one
 scaled_dot_product_attention call over the cache prefix (grouped-query natively), RoPE's cos/sin
 come from the model's own rotary module, and only the last position goes through the head. No
@@ -42,10 +42,10 @@ def _fuse(modules: list[torch.nn.Linear]) -> torch.Tensor:
 class LlamaDecoder:
     """decoder.forward(ids, start) -> float logits of the last position, growing the static cache."""
 
-    def __init__(self, model, max_len: int):
+    def __init__(self, model, max_len: int, first_capacity: int = 256):
         cfg = model.config
         self.model = model
-        self.max_len = max_len
+        self.max_len, self.first_capacity = max_len, first_capacity
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.q_rows, self.kv_rows = self.n_heads * self.head_dim, self.n_kv * self.head_dim
@@ -56,9 +56,18 @@ class LlamaDecoder:
             self.layers.append((
                 layer.input_layernorm, _fuse([a.q_proj, a.k_proj, a.v_proj]), a.o_proj.weight,
                 layer.post_attention_layernorm, _fuse([m.gate_proj, m.up_proj]), m.down_proj.weight, a.scaling))
-        shape = (len(self.layers), self.n_kv, max_len, self.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = self.v = torch.zeros((len(self.layers), self.n_kv, 0, self.head_dim), dtype=dtype, device=device)
+
+    def _reserve(self, end: int) -> None:
+        """Room for positions < end; what the cache holds is kept."""
+        capacity = self.k.shape[2]
+        if end <= capacity:
+            return
+        capacity = min(self.max_len, max(end, 2 * capacity, self.first_capacity))
+        k, v = (torch.zeros(*self.k.shape[:2], capacity, self.head_dim, dtype=self.k.dtype, device=self.k.device)
+                for _ in range(2))
+        k[:, :, :self.k.shape[2]], v[:, :, :self.v.shape[2]] = self.k, self.v
+        self.k, self.v = k, v
 
     @staticmethod
     def _norm(norm, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +85,8 @@ class LlamaDecoder:
         """Run tokens `ids` at positions start.. (the cache holds positions < start); logits [vocab]."""
         T, end = len(ids), start + len(ids)
         if end > self.max_len:
-            raise ValueError(f"{end} positions exceed the cache of {self.max_len}")
+            raise ValueError(f"{end} positions exceed the context of {self.max_len}")
+        self._reserve(end)
         inner = self.model.model
         x = inner.embed_tokens(torch.tensor(ids, device=self.k.device))  # [T, H]
         positions = torch.arange(start, end, device=self.k.device)[None]
