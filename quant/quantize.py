@@ -71,6 +71,7 @@ class QuantizeResult:
     bytes_after: int
     seconds: float
     calibration: dict | None = None
+    layer_seconds: list[float] = field(default_factory=list)  # awq/gptq: each decoder layer after the first
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -258,13 +259,19 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
         if opts.method in ("awq", "gptq"):
             from .llmc import oneshot_quantize
 
-            loaded = load_hf(folder, "cpu", dtype)
-            model = loaded.model.to(device)
+            loaded = load_hf(folder, "cpu", dtype)  # stays in CPU memory; layers are onloaded to `device`
+            model = loaded.model
             advance = progress(f"{opts.method.upper()} {opts.bits}-bit: layers", model.config.num_hidden_layers)
+            layer_ends: list[float] = []
+
+            def on_layer():
+                layer_ends.append(time.perf_counter())
+                advance()
+
             try:
                 model = oneshot_quantize(model, loaded.tokenizer, calib.samples, opts.method, opts.bits,
                                          opts.group_size, opts.sym, opts.act_order,
-                                         ignore_list(opts, moe, True), tmp / ".config", advance)
+                                         ignore_list(opts, moe, True), tmp / ".config", on_layer, device)
             except torch.OutOfMemoryError:
                 raise UserError(f"out of memory while quantizing on {device} (try fewer --num-samples or a shorter --seq-len)") from None
             except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
@@ -306,7 +313,8 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
             bits=opts.bits, format=FORMAT[opts.method], group_size=opts.group_size, symmetric=opts.sym,
             scheme=describe(opts), device=device, dtype=str(dtype).replace("torch.", ""),
             quantized_layers=quantized_layer_count(model), bytes_before=bytes_before,
-            bytes_after=weight_bytes(tmp), seconds=0.0, calibration=calibration)
+            bytes_after=weight_bytes(tmp), seconds=0.0, calibration=calibration,
+            layer_seconds=[b - a for a, b in zip(layer_ends, layer_ends[1:])] if opts.method != "bnb" else [])
         if calibration and calibration["samples"] < opts.num_samples:
             result.notes.append(f"the calibration text filled {calibration['samples']} of the "
                                 f"{opts.num_samples} requested rows of {opts.seq_len} tokens")
