@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Chat generation speed: `minicpm chat`'s generator against each backend's own generation.
 
-    python scripts/bench_chat.py [--work /tmp/minicpm-bench-chat] [--layers 52] [--tokens 64] [--reps 3]
+    python scripts/bench_chat.py [--work /tmp/minicpm-bench-chat] [--layers 12] [--tokens 64] [--reps 3]
 
-Builds (once, cached in --work) a random-weight MiniCPM with MiniCPM-1B's widths (hidden 1536, 24 heads,
-8 KV heads, FFN 3840, 52 layers, tied embeddings) and the real MiniCPM 1/2 tokenizer (vocab 122,753),
+Builds (once, cached in --work; scripts/bench_checkpoint.py) a random-weight MiniCPM with MiniCPM-1B's
+widths (hidden 1536, 24 heads, 8 KV heads, FFN 3840, 12 layers = 955 MB, tied embeddings) and the real
+MiniCPM 1/2 tokenizer (vocab 122,753),
 converts it to GGUF q8_0 and q4_0, and times one chat turn (prompt rendered with the model's template):
 
 - GGUF: runtime.generate.Generator vs llama-cpp-python's create_completion(stream=True), the same
   llama.cpp context (threads, batch, KV cache), the same sampling (temperature 0.7, top-p 0.8,
   repetition penalty 1.02, seed), the KV cache cleared before each run.
-- HF: Generator vs transformers' model.generate on the same in-memory model, greedy.
+- HF: Generator (float Llama: runtime.llama_decode's static cache) vs transformers' model.generate on
+  the same in-memory model (f32), greedy.
 
 Time to first token (TTFT) includes the prompt's prefill; decode tokens/s counts tokens after the first.
 Replies never stop early (stop ids off / min_new_tokens), so both sides generate --tokens tokens.
