@@ -15,22 +15,12 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError, UserError
+from .tensors import element_count
 
 SAFETENSORS_DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
-}
-# --dtype values and config.json's torch_dtype names
-DTYPE_NAMES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
-               "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-# family -> the architectures / model_types that name it
-FAMILIES = {
-    "minicpm": ("MiniCPMForCausalLM", "minicpm"),
-    "minicpm3": ("MiniCPM3ForCausalLM", "minicpm3"),
-    "llama": ("LlamaForCausalLM", "llama"),
-    "mixtral": ("MixtralForCausalLM", "mixtral"),
 }
 
 
@@ -41,10 +31,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return element_count(self.shape) * self.dtype.itemsize
 
 
 def read_json(path: Path) -> dict:
@@ -73,19 +60,6 @@ def model_folder(path: Path | str) -> Path:
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: not a model folder (no config.json)")
     return path
-
-
-def family_of(config: dict, where: Path) -> str:
-    archs = config.get("architectures") or []
-    model_type = config.get("model_type", "")
-    for family, (arch, mtype) in FAMILIES.items():
-        if arch in archs or model_type == mtype:
-            if family == "minicpm" and config.get("num_experts"):
-                return "minicpm-moe"
-            return family
-    name = archs[0] if archs else model_type or "unknown"
-    supported = ", ".join(a for a, _ in FAMILIES.values())
-    raise UserError(f"{where}: architecture {name} is not supported (supported: {supported})", code=2)
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:
@@ -126,6 +100,8 @@ class Checkpoint:
     def __init__(self, path: Path | str):
         self.path = model_folder(path)
         self.config = read_json(self.path / "config.json")
+        from .families import family_of  # families read checkpoints: imported when one is opened
+
         self.family = family_of(self.config, self.path / "config.json")
         self._where: dict[str, Path] = {}  # tensor name -> file
         self._info: dict[str, TensorInfo] = {}

@@ -14,35 +14,20 @@ function with none of the scalars. Two exact folds, chosen by whether the head i
   weight /= hidden_size / dim_model_base. One vocabulary-sized tensor instead of two, and the
   embedding is never rounded again.
 
-Arithmetic is float32. Each output tensor records its source tensor and factor, so a writer can copy
-an unchanged tensor's bytes and scale the others in bounded chunks.
+A plain Llama/Mixtral (scales 1) is copied, tied or not as it was. Arithmetic is float32. Each output
+tensor records its source tensor and factor, so a writer can copy an unchanged tensor's bytes and
+scale the others in bounded chunks.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from .checkpoint import Checkpoint
 from .errors import UserError
-from .shapes import check_shapes, shapes
-
-
-@dataclass
-class OutTensor:
-    """A tensor of the output model: its name, shape and how to compute it on demand.
-
-    When `source` is set the tensor is exactly `factor * ckpt[source]` (so a writer may copy bytes
-    when factor is 1 and the dtype is kept, or scale row chunks instead of calling `make`)."""
-    name: str
-    shape: tuple[int, ...]
-    make: Callable[[], torch.Tensor]
-    source_dtype: torch.dtype
-    source: str | None = None
-    factor: float = 1.0
-    checkpoint: Checkpoint | None = None  # where `source` is read from
+from .shapes import check_shapes
+from .tensors import OutTensor
 
 
 @dataclass(frozen=True)
@@ -63,11 +48,10 @@ class MupScales:
         )
 
 
-def tied(config: dict, ckpt: Checkpoint) -> bool:
-    # MiniCPM's config class defaults to tied embeddings, Llama's and Mixtral's to untied;
+def tied(config: dict, ckpt) -> bool:
+    # MiniCPM's config classes default to tied embeddings, Llama's and Mixtral's to untied;
     # a tied checkpoint may omit lm_head.
-    default = ckpt.family.startswith("minicpm")
-    return config.get("tie_word_embeddings", default) or "lm_head.weight" not in ckpt
+    return config.get("tie_word_embeddings", ckpt.family.tied_by_default) or "lm_head.weight" not in ckpt
 
 
 @dataclass(frozen=True)
@@ -80,17 +64,18 @@ class FoldFactors:
     eps: float = 1.0  # rms_norm_eps is multiplied by this
 
     @classmethod
-    def of(cls, config: dict, family: str, is_tied: bool, where) -> "FoldFactors":
-        if family in ("llama", "mixtral"):
-            return cls(head=None if is_tied else 1.0)
-        s = MupScales.from_config(config, where)
+    def of(cls, s: MupScales, is_tied: bool) -> "FoldFactors":
         if is_tied:
             return cls(branch_out=s.residual / s.embedding, final_norm=1.0 / s.logit, head=None,
                        eps=1.0 / s.embedding ** 2)
         return cls(embed=s.embedding, branch_out=s.residual, head=1.0 / s.logit)
 
 
-def source_tensor(ckpt: Checkpoint, out_name: str, name: str, shape, factor: float) -> OutTensor:
+def fold_factors(ckpt) -> FoldFactors:
+    return FoldFactors.of(ckpt.family.mup_scales(ckpt.config, ckpt.path / "config.json"), tied(ckpt.config, ckpt))
+
+
+def source_tensor(ckpt, out_name: str, name: str, shape, factor: float) -> OutTensor:
     """`factor * ckpt[name]`, computed in float32 when factor is not 1, else the stored tensor."""
     if factor == 1.0:
         make = lambda: ckpt.get(name)  # noqa: E731
@@ -121,16 +106,13 @@ def fold_rope_scaling(config: dict) -> dict | None:
     return rs
 
 
-def folded_config(config: dict, family: str, dtype: torch.dtype, factors: FoldFactors) -> dict:
-    """The Llama (dense) or Mixtral (MoE) config.json with the same function and no muP fields."""
-    tie = factors.head is None
-    if family in ("llama", "mixtral"):  # already plain: keep every field
-        out = {k: v for k, v in config.items() if k not in ("auto_map", "_name_or_path", "dtype")}
-        return out | {"tie_word_embeddings": tie, "torch_dtype": str(dtype).removeprefix("torch.")}
+def llama_config(config: dict, dtype: torch.dtype, architecture: str, model_type: str) -> dict:
+    """The Llama-shaped config.json fields of a MiniCPM config, with no muP fields (a family adds its
+    own: Mixtral's experts, Llama's mlp_bias)."""
     H, nh = config["hidden_size"], config["num_attention_heads"]
-    out = {
-        "architectures": ["MixtralForCausalLM" if family == "minicpm-moe" else "LlamaForCausalLM"],
-        "model_type": "mixtral" if family == "minicpm-moe" else "llama",
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": H,
         "intermediate_size": config["intermediate_size"],
         "num_hidden_layers": config["num_hidden_layers"],
@@ -139,43 +121,39 @@ def folded_config(config: dict, family: str, dtype: torch.dtype, factors: FoldFa
         "head_dim": config.get("head_dim") or H // nh,
         "vocab_size": config["vocab_size"],
         "max_position_embeddings": config.get("max_position_embeddings", 4096),
-        "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)) * factors.eps,
+        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
         "rope_theta": config.get("rope_theta", 10000.0),
         "rope_scaling": fold_rope_scaling(config),
         "hidden_act": config.get("hidden_act", "silu"),
         "initializer_range": config.get("initializer_range", 0.02),
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "tie_word_embeddings": tie,
+        "tie_word_embeddings": False,
         "bos_token_id": config.get("bos_token_id", 1),
         "eos_token_id": config.get("eos_token_id", 2),
         "pad_token_id": config.get("pad_token_id"),
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
-    if family == "minicpm-moe":
-        out |= {"num_local_experts": config["num_experts"], "num_experts_per_tok": config["num_experts_per_tok"],
-                "router_aux_loss_coef": config.get("router_aux_loss_coef", 0.0), "sliding_window": None,
-                "output_router_logits": False}
-    else:
-        out["mlp_bias"] = False
+
+
+def folded_config(ckpt, dtype: torch.dtype) -> dict:
+    """The family's folded config.json, tied or not as the fold is, with the tied fold's eps."""
+    f = fold_factors(ckpt)
+    out = ckpt.family.folded_config(ckpt.config, dtype) | {"tie_word_embeddings": f.head is None}
+    if f.eps != 1.0:
+        out["rms_norm_eps"] = float(ckpt.config.get("rms_norm_eps", 1e-6)) * f.eps
     return out
 
 
-def fold_factors(ckpt: Checkpoint) -> FoldFactors:
-    return FoldFactors.of(ckpt.config, ckpt.family, tied(ckpt.config, ckpt), ckpt.path / "config.json")
-
-
-def fold_plan(ckpt: Checkpoint) -> list[OutTensor]:
+def fold_plan(ckpt) -> list[OutTensor]:
     """The folded model's tensors, in order, each computed from the checkpoint when asked for.
 
-    A tied checkpoint gives no lm_head (the output config ties it, see `folded_config`)."""
+    A Llama-shaped family folds its scales (none for a plain Llama); a family with no Llama
+    equivalent (MLA) refuses in its own `fold_plan`, which calls this one otherwise. A tied
+    checkpoint gives no lm_head (`folded_config` ties it)."""
     config, family = ckpt.config, ckpt.family
-    if family == "minicpm3":
-        raise UserError(
-            f"{ckpt.path}: MiniCPM3 uses multi-head latent attention, which has no Llama equivalent; "
-            "convert it with --to gguf, or load it directly (transformers has native minicpm3)", code=2)
-    expected = shapes(config, family, ckpt.path / "config.json")
+    expected = family.shapes(config, ckpt.path / "config.json")
     check_shapes(ckpt, expected)
     f = fold_factors(ckpt)
     plan = []

@@ -17,17 +17,10 @@ from typing import Callable, Iterable
 import torch
 
 from .checkpoint import write_all
-from .mup import OutTensor
+from .tensors import OutTensor, nbytes
 
 DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 CHUNK_BYTES = 16 << 20  # source bytes per scaled block: 64 MiB of float32 temporaries at most
-
-
-def nbytes(t: OutTensor, dtype: torch.dtype) -> int:
-    n = dtype.itemsize
-    for d in t.shape:
-        n *= d
-    return n
 
 
 def split_shards(tensors: list[OutTensor], dtype: torch.dtype, max_shard_bytes: int) -> list[list[OutTensor]]:

@@ -22,7 +22,7 @@ MINICPM_1B = {"hidden_size": 1536, "intermediate_size": 3840, "num_attention_hea
 
 def build_checkpoint(out: Path, layers: int = 12) -> Path:
     """A random MiniCPM-1B-width checkpoint (bf16, tied) with the real MiniCPM 1/2 tokenizer."""
-    from converters.mup import OutTensor
+    from converters.tensors import OutTensor
     from converters.safetensors_out import write_sharded
     from converters.tiny import base_config, copy_real_tokenizer, weight_shapes
     from converters.tokenizer import load_tokenizer

@@ -7,7 +7,9 @@ from pathlib import Path
 from .checkpoint import Checkpoint, model_folder, read_json
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
-from .shapes import check_checkpoint, shapes
+from .families import family_of
+from .shapes import check_checkpoint
+from .tensors import element_count
 
 
 def disk_size(path: Path) -> int:
@@ -53,22 +55,22 @@ def inspect_folder(path: Path) -> dict:
     config = read_json(folder / "config.json")
     quantized = "quantization_config" in config
     if quantized:  # packed tensors do not show the parameter count: derive it from the config
-        family = config.get("model_type", "?")
-        params = sum(_numel(s) for s in shapes(config, family, folder / "config.json").values())
+        family = family_of(config, folder / "config.json")
+        params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
         params += 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
         dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
     else:
         ckpt = Checkpoint(folder)
         check_checkpoint(ckpt)  # a checkpoint that disagrees with its config is reported, not described
         family = ckpt.family
-        params = sum(_numel(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
+        params = sum(element_count(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
         dtypes = sorted({str(ckpt.info(n).dtype).removeprefix("torch.") for n in ckpt.names})
     tok_kind, tok_size = _tokenizer(folder)
     from .tokenizer import chat_template
 
     mup = {k: config[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in config}
     return {
-        "path": str(folder), "format": "hf", "family": family,
+        "path": str(folder), "format": "hf", "family": family.name,
         "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
         "parameters": params, "dtypes": dtypes, "mup": mup,
         "quantization": _quantization(config),
@@ -76,13 +78,6 @@ def inspect_folder(path: Path) -> dict:
         "tokenizer": tok_kind, "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
         "size_bytes": disk_size(folder),
     }
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def inspect_gguf(path: Path) -> dict:
