@@ -86,13 +86,12 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     a = p.parse_args()
 
-    import torch
     from rich.console import Console
 
-    from bench_checkpoint import build_checkpoint
+    from bench_checkpoint import ensure_checkpoint
     from minicpm_cli.ui import human_bytes, table
 
-    src = build_checkpoint(a.work / f"minicpm-1b-width-{a.layers}l", a.layers)
+    src = ensure_checkpoint(a.work / f"minicpm-1b-width-{a.layers}l", a.layers)
     config = json.loads((src / "config.json").read_text())
     size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     minicpm = str(Path(sys.executable).with_name("minicpm"))
@@ -119,7 +118,7 @@ def main() -> None:
             for m, r in results.items()]
     console.print(table(
         f"quantize {src.name} ({human_bytes(size)} bf16, {a.layers} layers), {a.device}, "
-        f"{a.num_samples} x {a.seq_len} calibration tokens, {torch.get_num_threads()} threads, "
+        f"{a.num_samples} x {a.seq_len} calibration tokens, {os.cpu_count()} cores, "
         f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
         ["method", "wall s", "peak RSS MB", "RSS / checkpoint", "s per layer", "output"], rows))
 
