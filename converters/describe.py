@@ -1,10 +1,12 @@
 """`minicpm inspect`: what a model folder or GGUF file holds, read from metadata only."""
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from pathlib import Path
 
-from .checkpoint import Checkpoint, model_folder, read_json
+from .checkpoint import Checkpoint, model_folder, read_config
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
 from .families import family_of
@@ -43,18 +45,36 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
 
         return "sentencepiece", len(load_tokenizer(folder))
     if (folder / "tokenizer.json").is_file():
-        import json
+        from .tokenizer import read_tokenizer_json
 
-        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-        return model.get("type", "?").lower(), len(model.get("vocab", {}))
+        data = read_tokenizer_json(folder / "tokenizer.json")
+        model = data["model"]
+        # ids, not entries: a padded vocabulary (MiniCPM5's <|im_start|> at 130072) has unused ids between
+        ids = [int(i) for i in (model.get("vocab") or {}).values()] + [int(t["id"]) for t in data.get("added_tokens", [])]
+        return str(model.get("type", "?")).lower(), max(ids) + 1 if ids else 0
     return "none", None
 
 
-def inspect_folder(path: Path) -> dict:
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def inspect_folder(path: Path, weights: bool = True) -> dict:
+    """weights=False describes the folder from config.json (and an index) alone, reading no tensor file."""
     folder = model_folder(path)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     quantized = "quantization_config" in config
-    if quantized:  # packed tensors do not show the parameter count: derive it from the config
+    size = disk_size(folder)
+    if not weights:
+        # a hub name, fetched without its weights: everything from config.json (and the index's total)
+        family = family_of(config, folder / "config.json")
+        params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
+        if not config.get("tie_word_embeddings", str(family).startswith("minicpm")):
+            params += config["vocab_size"] * config["hidden_size"]
+        dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
+        index = next((folder / f for f in INDEX_FILES if (folder / f).is_file()), None)
+        total = (json.loads(index.read_text()).get("metadata") or {}).get("total_size") if index else None
+        size = int(total) if isinstance(total, (int, float)) else None
+    elif quantized:  # packed tensors do not show the parameter count: derive it from the config
         family = family_of(config, folder / "config.json")
         params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
         params += 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
@@ -76,7 +96,7 @@ def inspect_folder(path: Path) -> dict:
         "quantization": _quantization(config),
         "context_length": config.get("max_position_embeddings"), "rope": _rope(config),
         "tokenizer": tok_kind, "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
-        "size_bytes": disk_size(folder),
+        "size_bytes": size,
     }
 
 
@@ -112,7 +132,7 @@ def _gguf_file_type(value) -> str:
         return str(value)
 
 
-def inspect_model(path: Path | str) -> dict:
+def inspect_model(path: Path | str, weights: bool = True) -> dict:
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
@@ -120,4 +140,4 @@ def inspect_model(path: Path | str) -> dict:
         if not is_gguf(path):
             raise UsageError(f"{path}: neither a model folder nor a GGUF file")
         return inspect_gguf(path)
-    return inspect_folder(path)
+    return inspect_folder(path, weights)

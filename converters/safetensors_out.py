@@ -2,7 +2,7 @@
 
 The header is computed from shapes before any data is read. A tensor that is a checkpoint tensor
 times a factor (`OutTensor.source`) is never held whole: kept as is (factor 1, same dtype) its bytes
-go file to file in the kernel; otherwise row blocks of at most CHUNK_BYTES are read, scaled in
+are copied block by block, never decoded; otherwise row blocks of at most CHUNK_BYTES are read, scaled in
 float32, cast and appended. Other tensors are computed whole, one at a time. So memory stays at
 one block (or one computed tensor) whatever the model's size.
 """
@@ -59,7 +59,7 @@ def write_tensor(f, t: OutTensor, dtype: torch.dtype) -> None:
     """Append one tensor's data in `dtype` to the unbuffered file `f`."""
     if t.source is not None and t.checkpoint is not None:
         if t.factor == 1.0 and t.source_dtype == dtype:
-            t.checkpoint.copy_bytes(t.source, f.fileno())
+            t.checkpoint.copy_bytes(t.source, f.fileno(), CHUNK_BYTES)
             return
         for block in t.checkpoint.row_chunks(t.source, CHUNK_BYTES):
             if t.factor != 1.0:

@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from converters.atomic import check_output
+from .sources import adapter_rows, check_revision, lora_option, model_source, revision_option
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
@@ -49,7 +51,8 @@ def layer_progress():
 
 @stage
 def quantize(
-    src: Path = typer.Argument(..., help="MiniCPM 1/2/4, MiniCPM-MoE or MiniCPM3 folder, or a Llama/Mixtral folder."),
+    src: Path = typer.Argument(..., help="MiniCPM 1/2/4, MiniCPM-MoE or MiniCPM3 folder, a Llama/Mixtral folder, "
+                               "or a hub name (org/name, modelscope:org/name) to download."),
     method: Method = typer.Option(..., "--method", help="awq or gptq (llm-compressor, compressed-tensors) or bnb (bitsandbytes)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (loads with AutoModelForCausalLM, no remote code)."),
     bits: int = typer.Option(4, "--bits", help="4 or 8 (bnb: 4 = nf4/fp4, 8 = LLM.int8)."),
@@ -64,8 +67,11 @@ def quantize(
     ignore: list[str] = typer.Option(["lm_head"], "--ignore", help="Module names left in float (repeat the option; 'none' for none)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto: where each layer is computed (awq/gptq keep the model in CPU RAM and onload one layer at a time)."),
     seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT (and --json FILE) if it is an earlier output "
+                               "of this kind (a model folder, a JSON file)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+    revision: str = revision_option(),
+    lora: list[Path] = lora_option(),
 ):
     """Quantize a model to 4/8 bits with AWQ, GPTQ or bitsandbytes; OUT loads in transformers and vLLM.
 
@@ -84,11 +90,19 @@ def quantize(
         method=method.value, bits=bits, group_size=group_size, calib=calib, num_samples=num_samples,
         seq_len=seq_len, sym=sym, act_order=act_order, bnb_type=bnb_type.value if bnb_type else None,
         double_quant=double_quant, ignore=tuple(i for i in ignore if i.lower() != "none"), device=device, seed=seed)
-    with layer_progress() as progress:
-        result = run_quantize(src, out, opts, force=force, progress=progress)
+    if json_out:
+        check_output(json_out, force, "json", [src])
+    check_revision([src], revision)
+    from quant.quantize import resolve_options
+
+    resolve_options(opts)  # option and OUT errors before any download
+    check_output(out, force, "model", [src])
+    with layer_progress() as progress, model_source(src, revision, lora) as folder:
+        result = run_quantize(folder, out, opts, force=force, progress=progress)
+        result.source = str(src)
     calibration = result.calibration
     ratio = result.bytes_before / result.bytes_after if result.bytes_after else 0
-    rows = [["source", f"{src} ({result.source_family})"], ["output", f"{out} ({result.architecture}, {result.format})"],
+    rows = [["source", f"{src} ({result.source_family})"], *adapter_rows(lora), ["output", f"{out} ({result.architecture}, {result.format})"],
             ["method", result.scheme], ["bits", result.bits],
             ["calibration", f"{calibration['samples']} x {calibration['seq_len']} tokens from {calibration['source']}"
              if calibration else "none (bitsandbytes)"],
@@ -97,4 +111,4 @@ def quantize(
             ["device", result.device], ["time", f"{result.seconds:.1f} s"]] + [["note", n] for n in result.notes]
     console.print(table("quantize", ["", "value"], rows))
     if json_out:
-        write_json(json_out, result)
+        write_json(json_out, result, force, [src])
