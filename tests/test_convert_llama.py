@@ -211,3 +211,22 @@ def test_minicpm3_tiny_loads_in_native_transformers(tiny):
         torch.testing.assert_close(state[name], value)
     logits = model(torch.tensor([IDS])).logits
     assert torch.isfinite(logits).all()
+
+
+def test_a_byte_copied_tensor_is_still_checked_for_nan(tiny, cli, tmp_path):
+    """The tied embedding is copied without decoding; a NaN in it is refused all the same."""
+    import shutil
+
+    from conftest import assert_one_line_error
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny("dense-gqa-tied"), src)
+    shard = next(s for s in sorted(src.glob("model-*.safetensors")) if "model.embed_tokens.weight" in load_file(s))
+    state = load_file(shard)
+    state["model.embed_tokens.weight"][5, 3] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(state, shard)
+    result = cli("convert", src, "--to", "llama", "-o", tmp_path / "out")
+    assert_one_line_error(result, "model.embed_tokens.weight", "NaN or infinite values", code=1)
+    assert not (tmp_path / "out").exists()
