@@ -47,12 +47,14 @@ def models() -> dict[str, dict]:
 
 
 def layer_params(config: dict) -> int:
-    from converters.shapes import minicpm3_shapes, shapes
+    from converters.families import family_of
 
-    if config.get("q_lora_rank"):
-        table = minicpm3_shapes(config, "config")
-    else:
-        table = shapes(config | {"num_hidden_layers": 1}, "minicpm", "config")
+    family = family_of(config | {"architectures": ["MiniCPM3ForCausalLM" if config.get("q_lora_rank")
+                                                   else "MiniCPMForCausalLM"], "num_experts": None}, "config")
+    config = config | {"num_hidden_layers": 1}
+    if config.get("q_lora_rank") and "v_head_dim" not in config:  # MiniCPM3-4B omits it: the default
+        config["v_head_dim"] = config["qk_nope_head_dim"]
+    table = family.shapes(config, "config")
     total = 0
     for name, shape in table.items():
         if name.startswith("model.layers.0."):
