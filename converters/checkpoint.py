@@ -6,6 +6,7 @@ Safetensors shards are memory-mapped and each tensor is read on demand; `.bin` w
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -257,6 +258,39 @@ class Checkpoint:
                             "or diverged checkpoint); refusing to write a model from it")
         return t
 
+    def row_chunks(self, name: str, max_bytes: int = 16 << 20):
+        """The tensor as consecutive row blocks of at most ~max_bytes each (at least one row), read
+        from disk one block at a time and checked like `get`: a copy of a vocabulary-sized tensor
+        needs one block of memory, not the tensor."""
+        info = self.info(name)
+        if len(info.shape) < 2 or info.nbytes <= max_bytes:
+            yield self.get(name)
+            return
+        rows = info.shape[0]
+        row_bytes = info.nbytes // rows
+        step = max(1, max_bytes // row_bytes)
+        path = self._where[name]
+        if path.suffix == ".bin":
+            whole = self._load_bin(path)[name]  # memory-mapped: slicing reads only those pages
+            for start in range(0, rows, step):
+                yield self._finite(name, whole[start: start + step])
+            return
+        begin, _ = self._offsets[name]
+        with open(path, "rb", buffering=0) as f:
+            for start in range(0, rows, step):
+                n = min(step, rows - start)
+                data = bytearray(n * row_bytes)
+                f.seek(begin + start * row_bytes)
+                if f.readinto(data) != len(data):
+                    raise UserError(f"{path}: truncated while reading tensor {name}")
+                yield self._finite(name, torch.frombuffer(data, dtype=info.dtype).reshape(n, *info.shape[1:]))
+
+    def copy_bytes(self, name: str, out_fd: int, max_bytes: int = 16 << 20) -> None:
+        """Append the tensor's stored bytes to the file descriptor `out_fd`, block by block: no
+        decode or re-encode, only the finiteness check `get` makes."""
+        for block in self.row_chunks(name, max_bytes):
+            write_all(out_fd, block.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
     def file(self, name: str) -> Path:
         return self.path / name
 
@@ -280,6 +314,13 @@ def check_bin_archive(path: Path) -> None:
         inflated = sum(e.file_size for e in entries)
         raise UserError(f"{path}: archive would inflate {size} bytes to {inflated}; torch.save never compresses, "
                         "refusing to load it")
+
+
+def write_all(fd: int, data) -> None:
+    """os.write until every byte of `data` is written (one call may write part of it)."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
 
 
 TOKENIZER_FILES = (

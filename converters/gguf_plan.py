@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .errors import UserError
-from .mup import MupScales, fold_rope_scaling, tied
+from .mup import MupScales, fold_factors, fold_rope_scaling, tied
 from .shapes import check_checkpoint, check_shape
 
 Make = Callable[[], torch.Tensor]
@@ -113,14 +113,14 @@ def _head_dim_keys(plan: GGUFPlan, config: dict) -> int:
     return hd
 
 
-def _common_keys(plan: GGUFPlan, config: dict, n_ff: int) -> None:
+def _common_keys(plan: GGUFPlan, config: dict, n_ff: int, eps_factor: float = 1.0) -> None:
     plan.key("add_context_length", int(config.get("max_position_embeddings", 4096)))
     plan.key("add_embedding_length", config["hidden_size"])
     plan.key("add_block_count", config["num_hidden_layers"])
     plan.key("add_feed_forward_length", n_ff)
     plan.key("add_head_count", config["num_attention_heads"])
     plan.key("add_head_count_kv", config.get("num_key_value_heads") or config["num_attention_heads"])
-    plan.key("add_layer_norm_rms_eps", float(config.get("rms_norm_eps", 1e-6)))
+    plan.key("add_layer_norm_rms_eps", float(config.get("rms_norm_eps", 1e-6)) * eps_factor)
     plan.key("add_rope_freq_base", float(config.get("rope_theta", 10000.0)))
 
 
@@ -227,13 +227,14 @@ def plan_llama(ckpt: Checkpoint) -> GGUFPlan:
     config = ckpt.config
     folded = {t.name: t for t in ckpt.family.fold_plan(ckpt)}
     plan = GGUFPlan("llama", ckpt.family.name, model_name(ckpt), vocab_rows=config["vocab_size"])
-    _common_keys(plan, config, config["intermediate_size"])
+    _common_keys(plan, config, config["intermediate_size"], eps_factor=fold_factors(ckpt).eps)
     head_dim = _head_dim_keys(plan, config)
     plan.key("add_vocab_size", config["vocab_size"])
     _moe_keys(plan, config)
     _rope_keys(plan, config, head_dim, ckpt.path / "config.json", as_freqs=True)
     get = lambda name: _scaled(folded[name].make)  # noqa: E731
-    _llama_layout(plan, config, get, lambda name: name in folded, "block_sparse_moe", get("lm_head.weight"))
+    head = get("lm_head.weight") if "lm_head.weight" in folded else None  # None: token_embd is the head
+    _llama_layout(plan, config, get, lambda name: name in folded, "block_sparse_moe", head)
     return plan
 
 

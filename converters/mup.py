@@ -2,15 +2,26 @@
 
 MiniCPM computes  h0 = embed[x] * scale_emb,  h += branch(h) * scale_depth / sqrt(L)  for every
 attention and MLP branch, and  logits = lm_head(norm(h) / (hidden_size / dim_model_base)).
-Every scalar sits next to a linear map, so multiplying it into that map's weight gives the same
-function with none of the scalars: embed *= scale_emb; o_proj, down_proj (experts' w2) *= residual
-scale; lm_head (or the tied embedding) /= hidden_size / dim_model_base. Arithmetic is float32.
+Every scalar sits next to a linear map or a norm, so multiplying it into that weight gives the same
+function with none of the scalars. Two exact folds, chosen by whether the head is tied:
+
+- untied: embed *= scale_emb; o_proj, down_proj (experts' w2) *= residual scale;
+  lm_head /= hidden_size / dim_model_base.
+- tied (the embedding is also the head): the whole residual stream is carried divided by scale_emb,
+  so the embedding stays as it is and stays tied. o_proj, down_proj (w2) *= residual / scale_emb;
+  every RMSNorm's eps /= scale_emb**2, because RMSNorm(c*x) with eps*c**2 equals RMSNorm(x) with eps
+  exactly ((c*x) / sqrt(mean((c*x)**2) + eps*c**2) = x / sqrt(mean(x**2) + eps)); the final norm's
+  weight /= hidden_size / dim_model_base. One vocabulary-sized tensor instead of two, and the
+  embedding is never rounded again.
+
+A plain Llama/Mixtral (scales 1) is copied, tied or not as it was. Arithmetic is float32. Each output
+tensor records its source tensor and factor, so a writer can copy an unchanged tensor's bytes and
+scale the others in bounded chunks.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -43,12 +54,34 @@ def tied(config: dict, ckpt) -> bool:
     return config.get("tie_word_embeddings", ckpt.family.tied_by_default) or "lm_head.weight" not in ckpt
 
 
-def _scaled(ckpt, name: str, factor: float) -> Callable[[], torch.Tensor]:
-    return lambda: ckpt.get(name).to(torch.float32) * factor
+@dataclass(frozen=True)
+class FoldFactors:
+    """What each weight of the folded model is multiplied by (see the module docstring)."""
+    embed: float = 1.0
+    branch_out: float = 1.0  # o_proj, down_proj, experts' w2
+    final_norm: float = 1.0
+    head: float | None = 1.0  # None: the head is tied to the embedding and not written
+    eps: float = 1.0  # rms_norm_eps is multiplied by this
+
+    @classmethod
+    def of(cls, s: MupScales, is_tied: bool) -> "FoldFactors":
+        if is_tied:
+            return cls(branch_out=s.residual / s.embedding, final_norm=1.0 / s.logit, head=None,
+                       eps=1.0 / s.embedding ** 2)
+        return cls(embed=s.embedding, branch_out=s.residual, head=1.0 / s.logit)
 
 
-def _copied(ckpt, name: str) -> Callable[[], torch.Tensor]:
-    return lambda: ckpt.get(name)
+def fold_factors(ckpt) -> FoldFactors:
+    return FoldFactors.of(ckpt.family.mup_scales(ckpt.config, ckpt.path / "config.json"), tied(ckpt.config, ckpt))
+
+
+def source_tensor(ckpt, out_name: str, name: str, shape, factor: float) -> OutTensor:
+    """`factor * ckpt[name]`, computed in float32 when factor is not 1, else the stored tensor."""
+    if factor == 1.0:
+        make = lambda: ckpt.get(name)  # noqa: E731
+    else:
+        make = lambda: ckpt.get(name).to(torch.float32) * factor  # noqa: E731
+    return OutTensor(out_name, tuple(shape), make, ckpt.info(name).dtype, name, factor, ckpt)
 
 
 def fold_rope_scaling(config: dict) -> dict | None:
@@ -104,31 +137,42 @@ def llama_config(config: dict, dtype: torch.dtype, architecture: str, model_type
     }
 
 
+def folded_config(ckpt, dtype: torch.dtype) -> dict:
+    """The family's folded config.json, tied or not as the fold is, with the tied fold's eps."""
+    f = fold_factors(ckpt)
+    out = ckpt.family.folded_config(ckpt.config, dtype) | {"tie_word_embeddings": f.head is None}
+    if f.eps != 1.0:
+        out["rms_norm_eps"] = float(ckpt.config.get("rms_norm_eps", 1e-6)) * f.eps
+    return out
+
+
 def fold_plan(ckpt) -> list[OutTensor]:
     """The folded model's tensors, in order, each computed from the checkpoint when asked for.
 
     A Llama-shaped family folds its scales (none for a plain Llama); a family with no Llama
-    equivalent (MLA) refuses in its own `fold_plan`, which calls this one otherwise."""
+    equivalent (MLA) refuses in its own `fold_plan`, which calls this one otherwise. A tied
+    checkpoint gives no lm_head (`folded_config` ties it)."""
     config, family = ckpt.config, ckpt.family
     expected = family.shapes(config, ckpt.path / "config.json")
     check_shapes(ckpt, expected)
-    scales = family.mup_scales(config, ckpt.path / "config.json")
+    f = fold_factors(ckpt)
     plan = []
     for name, shape in expected.items():
         out_name = name.replace(".mlp.gate.", ".block_sparse_moe.gate.").replace(
             ".mlp.experts.", ".block_sparse_moe.experts.")
-        if name == "model.embed_tokens.weight" and scales.embedding != 1.0:
-            make = _scaled(ckpt, name, scales.embedding)
-        elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")) and scales.residual != 1.0:
-            make = _scaled(ckpt, name, scales.residual)
+        if name == "model.embed_tokens.weight":
+            factor = f.embed
+        elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
+            factor = f.branch_out
+        elif name == "model.norm.weight":
+            factor = f.final_norm
         else:
-            make = _copied(ckpt, name)
-        plan.append(OutTensor(out_name, shape, make, ckpt.info(name).dtype))
-    head_src = "model.embed_tokens.weight" if tied(config, ckpt) else "lm_head.weight"
-    head_shape = (config["vocab_size"], config["hidden_size"])
-    if ckpt.info(head_src).shape != head_shape:
-        raise UserError(f"{ckpt.path}: tensor {head_src} has shape {list(ckpt.info(head_src).shape)} "
-                        f"but config.json implies {list(head_shape)}")
-    make = _scaled(ckpt, head_src, 1.0 / scales.logit) if scales.logit != 1.0 else _copied(ckpt, head_src)
-    plan.append(OutTensor("lm_head.weight", head_shape, make, ckpt.info(head_src).dtype))
+            factor = 1.0
+        plan.append(source_tensor(ckpt, out_name, name, shape, factor))
+    if f.head is not None:
+        head_shape = (config["vocab_size"], config["hidden_size"])
+        if ckpt.info("lm_head.weight").shape != head_shape:
+            raise UserError(f"{ckpt.path}: tensor lm_head.weight has shape {list(ckpt.info('lm_head.weight').shape)} "
+                            f"but config.json implies {list(head_shape)}")
+        plan.append(source_tensor(ckpt, "lm_head.weight", "lm_head.weight", head_shape, f.head))
     return plan

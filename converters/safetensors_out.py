@@ -1,20 +1,26 @@
 """Write sharded safetensors one tensor at a time.
 
-The header is computed from shapes before any data is read, so at most one tensor (and its cast)
-is in memory at once, whatever the model's size.
+The header is computed from shapes before any data is read. A tensor that is a checkpoint tensor
+times a factor (`OutTensor.source`) is never held whole: kept as is (factor 1, same dtype) its bytes
+are copied block by block, never decoded; otherwise row blocks of at most CHUNK_BYTES are read, scaled in
+float32, cast and appended. Other tensors are computed whole, one at a time. So memory stays at
+one block (or one computed tensor) whatever the model's size.
 """
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
+from .checkpoint import write_all
 from .tensors import OutTensor, nbytes
 
 DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+CHUNK_BYTES = 16 << 20  # source bytes per scaled block: 64 MiB of float32 temporaries at most
 
 
 def split_shards(tensors: list[OutTensor], dtype: torch.dtype, max_shard_bytes: int) -> list[list[OutTensor]]:
@@ -41,16 +47,29 @@ def write_shard(path: Path, tensors: Iterable[OutTensor], dtype: torch.dtype,
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the format recommends
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
+    with open(path, "wb", buffering=0) as f:  # unbuffered: byte copies append at the fd's position
+        write_all(f.fileno(), struct.pack("<Q", len(raw)) + raw)
         for t in tensors:
-            value = t.make().to(dtype).contiguous()
-            if tuple(value.shape) != t.shape:
-                raise AssertionError(f"{t.name}: computed shape {tuple(value.shape)} != planned {t.shape}")
-            f.write(value.reshape(-1).view(torch.uint8).numpy().data)
+            write_tensor(f, t, dtype)
             if on_tensor:
                 on_tensor(t.name, nbytes(t, dtype))
+
+
+def write_tensor(f, t: OutTensor, dtype: torch.dtype) -> None:
+    """Append one tensor's data in `dtype` to the unbuffered file `f`."""
+    if t.source is not None and t.checkpoint is not None:
+        if t.factor == 1.0 and t.source_dtype == dtype:
+            t.checkpoint.copy_bytes(t.source, f.fileno(), CHUNK_BYTES)
+            return
+        for block in t.checkpoint.row_chunks(t.source, CHUNK_BYTES):
+            if t.factor != 1.0:
+                block = block.to(torch.float32) * t.factor
+            write_all(f.fileno(), block.to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        return
+    value = t.make().to(dtype).contiguous()
+    if tuple(value.shape) != t.shape:
+        raise AssertionError(f"{t.name}: computed shape {tuple(value.shape)} != planned {t.shape}")
+    write_all(f.fileno(), value.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def write_sharded(out_dir: Path, tensors: list[OutTensor], dtype: torch.dtype, max_shard_bytes: int,

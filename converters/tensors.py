@@ -20,11 +20,17 @@ SHORT_NAMES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16
 
 @dataclass
 class OutTensor:
-    """A tensor of the output model: its name, shape and how to compute it on demand."""
+    """A tensor of the output model: its name, shape and how to compute it on demand.
+
+    When `source` is set the tensor is exactly `factor * checkpoint[source]`, so a writer may copy
+    its bytes (factor 1, dtype kept) or scale row blocks instead of calling `make`."""
     name: str
     shape: tuple[int, ...]
     make: Callable[[], torch.Tensor]
     source_dtype: torch.dtype
+    source: str | None = None
+    factor: float = 1.0
+    checkpoint: object = None  # converters.checkpoint.Checkpoint that `source` is read from
 
 
 def element_count(shape) -> int:

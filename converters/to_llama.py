@@ -12,6 +12,7 @@ import torch
 from .atomic import atomic_output
 from .checkpoint import Checkpoint
 from .errors import UsageError
+from .mup import folded_config
 from .safetensors_out import write_sharded
 from .tensors import OutTensor, declared_dtype, nbytes, resolve_dtype
 from .tokenizer import copy_tokenizer_files
@@ -56,7 +57,7 @@ def plan_llama(src: Path | str, dtype: str = "auto") -> LlamaPlan:
     ckpt = Checkpoint(src)
     tensors = ckpt.family.fold_plan(ckpt)
     out_dtype = output_dtype(dtype, ckpt)
-    return LlamaPlan(ckpt, out_dtype, ckpt.family.folded_config(ckpt.config, out_dtype), tensors)
+    return LlamaPlan(ckpt, out_dtype, folded_config(ckpt, out_dtype), tensors)
 
 
 def write_llama(plan: LlamaPlan, out: Path | str, force: bool = False, max_shard_size: str = "4GB",

@@ -65,7 +65,7 @@ def quantize(
     bnb_type: Optional[BnbType] = typer.Option(None, "--bnb-type", help="bnb 4-bit: nf4 or fp4 (default nf4)."),
     double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="bnb 4-bit: also quantize the scales (default off)."),
     ignore: list[str] = typer.Option(["lm_head"], "--ignore", help="Module names left in float (repeat the option; 'none' for none)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto: where each layer is computed (awq/gptq keep the model in CPU RAM and onload one layer at a time)."),
     seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
     force: bool = typer.Option(False, "--force", help="Replace OUT (and --json FILE) if it is an earlier output "
                                "of this kind (a model folder, a JSON file)."),
@@ -73,7 +73,17 @@ def quantize(
     revision: str = revision_option(),
     lora: list[Path] = lora_option(),
 ):
-    """Quantize a model to 4/8 bits with AWQ, GPTQ or bitsandbytes; OUT loads in transformers and vLLM."""
+    """Quantize a model to 4/8 bits with AWQ, GPTQ or bitsandbytes; OUT loads in transformers and vLLM.
+
+    Memory. The model is held in CPU RAM in its own dtype (bf16: 2 bytes per parameter; MiniCPM
+    folds in memory without a second copy). awq/gptq run one decoder layer at a time on --device
+    (llm-compressor's sequential pipeline onloads it), so the device needs one layer's weights plus
+    that layer's calibration activations (about 2 x num-samples x seq-len x hidden x 2 bytes) and,
+    for gptq, one Hessian per Linear (in_features^2 x 4 bytes): a model larger than the GPU
+    quantizes; on the CPU the peak is the model plus that. bnb loads the model with transformers onto
+    --device and quantizes while loading: the device holds the quantized model (about 0.6 bytes per
+    parameter at 4 bits) plus one float layer. On the CPU, torch's threads (all cores) bound the speed.
+    """
     from quant.quantize import QuantizeOptions, quantize as run_quantize
 
     opts = QuantizeOptions(

@@ -4,6 +4,12 @@ llm-compressor runs the model one decoder layer at a time (its "sequential pipel
 calibration rows through a layer, quantizes that layer (GPTQ) or searches its smoothing scales
 (AWQ), then propagates the quantized layer's outputs to the next one. We hook the end of each layer
 to drive our progress bar (`converters.quiet` keeps its own bars and logs off the terminal).
+
+The model stays in CPU memory: the pipeline wraps every module so that its weights are onloaded to
+the execution device only while it runs (compressed-tensors' offloading), so with --device cuda one
+decoder layer, its calibration activations and its GPTQ Hessians are on the GPU at a time and a
+model larger than the GPU quantizes. The pipeline picks "the first accelerator" by itself;
+`onload_to` makes it the device the user named (cpu included).
 """
 from __future__ import annotations
 
@@ -35,6 +41,19 @@ def no_pinned_memory_without_accelerator():
         yield
     finally:
         IntermediatesCache.pin_memory = original
+
+
+@contextlib.contextmanager
+def onload_to(device: str):
+    """Make llm-compressor's sequential pipeline run each layer on `device` (not its own pick)."""
+    from llmcompressor.pipelines.sequential import pipeline
+
+    original = pipeline.get_main_device
+    pipeline.get_main_device = lambda: torch.device(device)
+    try:
+        yield
+    finally:
+        pipeline.get_main_device = original
 
 
 @contextlib.contextmanager
@@ -94,8 +113,10 @@ def recipe(method: str, bits: int, group_size: int, symmetric: bool, act_order: 
 
 def oneshot_quantize(model, tokenizer, rows: list[list[int]], method: str, bits: int, group_size: int,
                      symmetric: bool, act_order: bool | None, ignore: list[str], workdir: Path,
-                     on_layer: Callable[[], None] | None = None, awq_mappings: list | None = None):
-    """Quantize `model` in place with AWQ or GPTQ on the calibration rows; returns the model.
+                     on_layer: Callable[[], None] | None = None, awq_mappings: list | None = None,
+                     device: str = "cpu"):
+    """Quantize `model` (in CPU memory) in place with AWQ or GPTQ on the calibration rows, each layer
+    run on `device`; returns the model.
     `awq_mappings`: the family's norm -> projection map (None: llm-compressor's own by architecture)."""
     from llmcompressor import oneshot
     from torch.utils.data import DataLoader
@@ -106,11 +127,10 @@ def oneshot_quantize(model, tokenizer, rows: list[list[int]], method: str, bits:
     model.config.save_pretrained(workdir)
     model.config._name_or_path = str(workdir)
 
-    device = next(model.parameters()).device
-    data = [{"input_ids": torch.tensor(r, dtype=torch.long, device=device)} for r in rows]
+    data = [{"input_ids": torch.tensor(r, dtype=torch.long)} for r in rows]  # the pipeline onloads them
     loader = DataLoader(data, batch_size=1)  # rows may differ in length (the last one): no padding
     modifiers = recipe(method, bits, group_size, symmetric, act_order, ignore, awq_mappings)
-    with no_pinned_memory_without_accelerator(), layer_callback(on_layer):
+    with no_pinned_memory_without_accelerator(), layer_callback(on_layer), onload_to(device):
         return oneshot(model=model, processor=tokenizer, dataset=loader, recipe=modifiers,
                        num_calibration_samples=len(rows), max_seq_length=max(len(r) for r in rows))
 

@@ -75,6 +75,7 @@ class QuantizeResult:
     bytes_after: int
     seconds: float
     calibration: dict | None = None
+    layer_seconds: list[float] = field(default_factory=list)  # awq/gptq: each decoder layer after the first
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -229,6 +230,7 @@ class Job:
     calib: object = None  # calib_data samples (calibrated methods)
     calibration: dict | None = None  # what the card and the result say about them
     bytes_before: int = 0
+    layer_ends: list[float] = field(default_factory=list)  # calibrated methods: when each decoder layer finished
 
 
 def prepare(src: Path | str, out: Path | str, opts: QuantizeOptions, force: bool = False) -> Job:
@@ -271,13 +273,18 @@ def _llmc_quantize(job: Job, tmp: Path, progress: Progress):
     from .llmc import oneshot_quantize
 
     opts = job.opts
-    loaded = load_hf(job.folder, "cpu", job.dtype)
-    model = loaded.model.to(job.device)
+    model = (loaded := load_hf(job.folder, "cpu", job.dtype)).model  # stays in CPU memory (see quant.llmc)
     advance = progress(f"{opts.method.upper()} {opts.bits}-bit: layers", model.config.num_hidden_layers)
+
+    def on_layer():
+        job.layer_ends.append(time.perf_counter())
+        advance()
+
     try:
         return oneshot_quantize(model, loaded.tokenizer, job.calib.samples, opts.method, opts.bits,
                                 opts.group_size, opts.sym, opts.act_order, ignore_list(opts, job.family, True),
-                                tmp / ".config", advance, job.family.awq_mappings() if opts.method == "awq" else None)
+                                tmp / ".config", on_layer, job.family.awq_mappings() if opts.method == "awq" else None,
+                                job.device)
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory while quantizing on {job.device} (try fewer --num-samples or a shorter --seq-len)") from None
     except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
@@ -363,7 +370,8 @@ def save(job: Job, model, tmp: Path) -> QuantizeResult:
         bits=opts.bits, format=job.method.format, group_size=opts.group_size, symmetric=opts.sym,
         scheme=describe(opts), device=job.device, dtype=str(job.dtype).replace("torch.", ""),
         quantized_layers=quantized_layer_count(model), bytes_before=job.bytes_before,
-        bytes_after=weight_bytes(tmp), seconds=0.0, calibration=job.calibration)
+        bytes_after=weight_bytes(tmp), seconds=0.0, calibration=job.calibration,
+        layer_seconds=[b - a for a, b in zip(job.layer_ends, job.layer_ends[1:])])
     calibration = job.calibration
     if calibration and calibration["samples"] < opts.num_samples:
         result.notes.append(f"the calibration text filled {calibration['samples']} of the "

@@ -1,7 +1,9 @@
 """Generate a reply from prompt ids, streamed as text, over both backends (HF and GGUF).
 
 GGUF models sample with llama.cpp's own sampler chain (through llama-cpp-python). HF models run an
-incremental decode loop with a KV cache kept between turns, and sample with the same chain in torch:
+incremental decode loop with a KV cache kept between turns (float Llama models through
+runtime.llama_decode's static cache, others through transformers' forward), and sample with the same
+chain in torch:
 repetition penalty over the last 64 generated tokens, top-k, top-p on the untempered distribution,
 then temperature and a draw. So one set of flags means the same on every artifact, and at
 temperature 0 both backends pick the argmax after the same penalty: the same tokens.
@@ -156,6 +158,7 @@ class Generator:
         self.stats = Stats()
         self._cache = None  # HF: KV cache of self._cached_ids
         self._cached_ids: list[int] = []
+        self._decoder = None  # HF float Llama: runtime.llama_decode.LlamaDecoder, made on first use
         self.last_tokens: list[int] = []  # the last reply's token ids, stop token excluded
 
     def text_stream(self, context: list[int]):
@@ -209,14 +212,18 @@ class Generator:
             stats.total_s = time.perf_counter() - start
 
     # --- HF backend (GGUF generates in llama.cpp: runtime.load.GGUFModel.tokens) --------------------
-    def _reuse_cache(self, prompt_ids: list[int]):
-        """(cache, n) with the KV cache cropped to the first n prompt tokens it already holds."""
+    def _common_prefix(self, prompt_ids: list[int]) -> int:
+        """How many leading prompt tokens the cache already holds (at least one token is left to run)."""
         common = 0
         for a, b in zip(self._cached_ids, prompt_ids):
             if a != b:
                 break
             common += 1
-        common = min(common, len(prompt_ids) - 1)  # at least one token to run for fresh logits
+        return min(common, len(prompt_ids) - 1)
+
+    def _reuse_cache(self, prompt_ids: list[int]):
+        """(cache, n) with the KV cache cropped to the first n prompt tokens it already holds."""
+        common = self._common_prefix(prompt_ids)
         cache, self._cache, self._cached_ids = self._cache, None, []
         if cache is None or common == 0:
             return None, 0  # the model starts a fresh cache
@@ -225,11 +232,18 @@ class Generator:
 
     def hf_tokens(self, prompt_ids: list[int], s: Sampling) -> Iterator[int]:
         """Token ids from a transformers model, one per step, the stop token included."""
+        from .llama_decode import LlamaDecoder, supports
+
         model, device = self.model.model, self.model.device
-        cache, done = self._reuse_cache(prompt_ids)
         generator = None
         if s.seed is not None:
             generator = torch.Generator(device=device).manual_seed(s.seed)
+        if self._decoder is None and supports(model):
+            self._decoder = LlamaDecoder(model, self.n_ctx)
+        if self._decoder is not None:
+            yield from self._static_tokens(prompt_ids, s, generator)
+            return
+        cache, done = self._reuse_cache(prompt_ids)
         fed, feed, generated = prompt_ids[:done], prompt_ids[done:], []
         while True:
             # A forward pass grows the cache in place: it only counts once the pass completed
@@ -241,6 +255,21 @@ class Generator:
                 cache, fed = out.past_key_values, fed + feed
                 self._cache, self._cached_ids = cache, fed
                 token = sample_token(out.logits[0, -1], generated, s, generator)
+            generated.append(token)
+            yield token
+            feed = [token]
+
+    def _static_tokens(self, prompt_ids: list[int], s: Sampling, generator) -> Iterator[int]:
+        """The same loop over LlamaDecoder: positions < len(fed) of its static cache are valid."""
+        done = self._common_prefix(prompt_ids)
+        fed, feed, generated = prompt_ids[:done], prompt_ids[done:], []
+        while True:
+            self._cached_ids = fed  # a pass cut short (Ctrl-C) leaves what came before it valid
+            logits = self._decoder.forward(feed, len(fed))
+            fed = fed + feed
+            self._cached_ids = fed
+            with torch.inference_mode():
+                token = sample_token(logits, generated, s, generator)
             generated.append(token)
             yield token
             feed = [token]

@@ -37,15 +37,21 @@ def folded_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32):
     """A transformers Llama/Mixtral holding the muP-folded weights of a MiniCPM checkpoint."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from converters.mup import folded_config
+
     plan = ckpt.family.fold_plan(ckpt)
-    config_dict = ckpt.family.folded_config(ckpt.config, dtype)
+    config_dict = folded_config(ckpt, dtype)
     config = AutoConfig.for_model(**config_dict)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = {t.name: t.make().to(dtype) for t in plan}
     if ckpt.family.moe:
         state = fuse_experts(state, config.num_local_experts)
+    if config.tie_word_embeddings:  # the folded embedding is the head too (see converters.mup)
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight  # one tensor, as from_pretrained ties it
     # Non-persistent buffers (RoPE inverse frequencies) were made on the meta device: rebuild them.
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
     return model.eval()

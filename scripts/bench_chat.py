@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Chat generation speed: `minicpm chat`'s generator against each backend's own generation.
 
-    python scripts/bench_chat.py [--work /tmp/minicpm-bench-chat] [--layers 52] [--tokens 64] [--reps 3]
+    python scripts/bench_chat.py [--work /tmp/minicpm-bench-chat] [--layers 12] [--tokens 64] [--reps 3]
 
-Builds (once, cached in --work) a random-weight MiniCPM with MiniCPM-1B's widths (hidden 1536, 24 heads,
-8 KV heads, FFN 3840, 52 layers, tied embeddings) and the real MiniCPM 1/2 tokenizer (vocab 122,753),
+Builds (once, cached in --work; scripts/bench_checkpoint.py) a random-weight MiniCPM with MiniCPM-1B's
+widths (hidden 1536, 24 heads, 8 KV heads, FFN 3840, 12 layers = 955 MB, tied embeddings) and the real
+MiniCPM 1/2 tokenizer (vocab 122,753),
 converts it to GGUF q8_0 and q4_0, and times one chat turn (prompt rendered with the model's template):
 
 - GGUF: runtime.generate.Generator vs llama-cpp-python's create_completion(stream=True), the same
   llama.cpp context (threads, batch, KV cache), the same sampling (temperature 0.7, top-p 0.8,
   repetition penalty 1.02, seed), the KV cache cleared before each run.
-- HF: Generator vs transformers' model.generate on the same in-memory model, greedy.
+- HF: Generator (float Llama: runtime.llama_decode's static cache) vs transformers' model.generate on
+  the same in-memory model (f32), greedy.
 
 Time to first token (TTFT) includes the prompt's prefill; decode tokens/s counts tokens after the first.
 Replies never stop early (stop ids off / min_new_tokens), so both sides generate --tokens tokens.
@@ -20,57 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
 import time
-import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER = ROOT.parent / "shared" / "minicpm-hf" / "MiniCPM-2B-sft-bf16"
-MINICPM_1B = {"hidden_size": 1536, "intermediate_size": 3840, "num_attention_heads": 24,
-              "num_key_value_heads": 8, "num_hidden_layers": 52, "dim_model_base": 256, "scale_emb": 12,
-              "scale_depth": 1.4, "max_position_embeddings": 4096, "tie_word_embeddings": True}
+from bench_checkpoint import build_checkpoint  # noqa: E402
+
 PROMPT = ("Please write a detailed explanation of how rivers shape the landscape over thousands of years, "
           "covering erosion, sediment transport, meanders, deltas and the role of floods. "
           "Then give three examples of famous river valleys and what makes each of them special.")
-
-
-def build_checkpoint(out: Path, layers: int) -> Path:
-    """A random MiniCPM-1B-width checkpoint (bf16) with the real MiniCPM 1/2 tokenizer."""
-    from converters.tensors import OutTensor
-    from converters.safetensors_out import write_sharded
-    from converters.tiny import base_config, copy_real_tokenizer, weight_shapes
-    from converters.tokenizer import load_tokenizer
-
-    if (out / "config.json").is_file():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    copy_real_tokenizer(TOKENIZER, tmp)
-    config = base_config("dense-gqa-tied", len(load_tokenizer(tmp))) | MINICPM_1B | {"num_hidden_layers": layers}
-
-    def make(name, shape):
-        g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-        if len(shape) == 1:
-            return 1.0 + 0.1 * torch.randn(shape, generator=g)
-        scale = 1 / math.sqrt(shape[1])
-        if name == "model.embed_tokens.weight":
-            scale = 1 / config["scale_emb"]
-        return torch.randn(shape, generator=g) * scale
-
-    tensors = [OutTensor(n, s, (lambda n=n, s=s: make(n, s)), torch.bfloat16)
-               for n, s in weight_shapes(config).items()]
-    write_sharded(tmp, tensors, torch.bfloat16, 2 << 30)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tmp.rename(out)
-    return out
 
 
 def to_gguf(src: Path, outtype: str) -> Path:
@@ -204,7 +171,7 @@ def bench_hf(src: Path, args) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/tmp/minicpm-bench-chat"))
-    p.add_argument("--layers", type=int, default=52, help="MiniCPM-1B has 52; fewer for a quicker run")
+    p.add_argument("--layers", type=int, default=12, help="12: the 955 MB checkpoint; MiniCPM-1B has 52")
     p.add_argument("--tokens", type=int, default=64, help="tokens generated per run")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())

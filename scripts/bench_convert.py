@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""Wall time and peak memory of `minicpm convert` on a MiniCPM-1B-width checkpoint.
+"""Wall time, peak memory and output size of `minicpm convert` on a MiniCPM-1B-width checkpoint.
 
-    python scripts/bench_convert.py [--work /tmp/minicpm-bench] [--layers 12] [--repeat 3] [--json FILE]
+    python scripts/bench_convert.py [--work /tmp/minicpm-bench] [--layers 12] [--repeat 3]
+                                    [--baseline DIR] [--skip-llama-cpp] [--json FILE]
 
-The checkpoint (hidden 1536, 24 heads / 8 KV heads, FFN 3840, tied, bf16, random weights, the tiny
-sentencepiece tokenizer) is generated once under --work. Every conversion runs in its own process;
-peak RSS is that process's ru_maxrss. Rows:
+The checkpoint (scripts/bench_checkpoint.py: hidden 1536, 24/8 heads, FFN 3840, 12 layers, real
+122,753-token vocabulary, tied, bf16, 955 MB) is generated once under --work. Every command runs in
+its own process; peak RSS is that process's ru_maxrss. Rows, in one run:
 - read: reading the checkpoint's bytes (warm page cache), the floor for any converter;
-- `--to llama` (issue 2);
-- `--to gguf` f16 and q8_0 next to llama.cpp's own convert_hf_to_gguf.py (issue 3 goal: <= 0.8x its
-  wall time and <= its peak RSS). llama.cpp's converter comes from the llama-cpp-python source
-  distribution, downloaded with pip into --llama-cpp (benchmark only, never part of this project).
-Times are the best of --repeat runs (the machine may be shared); runs of the two tools alternate.
+- `cp -r` of the folder: the anchor for `--to llama` (goal: <= 2x its time);
+- idle: the interpreter with torch and the converters imported, the "small constant" of the memory
+  bound (goal: peak RSS <= largest output tensor in f32 + idle);
+- `--to llama`, `--to gguf` f16 / q8_0 / f16 --fold, next to llama.cpp's own convert_hf_to_gguf.py
+  (from the llama-cpp-python sdist, downloaded with pip into --llama-cpp; benchmark only);
+- with --baseline DIR (a checkout of older code, e.g. `git archive COMMIT | tar -x -C DIR`), our
+  rows again with that code, for before/after figures in the same run.
+Times are the best of --repeat runs (the machine may be shared); runs alternate between tools, and
+the load average is printed with the table.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -29,43 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LLAMA_CPP_PYTHON = "0.3.36"
-
-
-def make_checkpoint(out: Path, layers: int) -> Path:
-    """A MiniCPM-1B-width checkpoint with random bf16 weights, written tensor by tensor."""
-    import torch
-
-    from converters.tensors import OutTensor
-    from converters.safetensors_out import write_sharded
-    from converters.tiny import make_tiny, weight_shapes
-
-    if (out / "config.json").is_file():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_tiny(tmp, "dense-gqa-tied")  # tokenizer files and a config to widen
-    for f in tmp.glob("*.safetensors*"):
-        f.unlink()
-    config = json.loads((tmp / "config.json").read_text())
-    config |= {"hidden_size": 1536, "num_attention_heads": 24, "num_key_value_heads": 8,
-               "intermediate_size": 3840, "num_hidden_layers": layers, "dim_model_base": 256}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-    def random(shape, seed):
-        def make():
-            g = torch.Generator().manual_seed(seed)
-            if len(shape) == 1:
-                return 1.0 + 0.1 * torch.randn(shape, generator=g)
-            return torch.randn(shape, generator=g) / math.sqrt(shape[1])
-        return make
-
-    tensors = [OutTensor(name, shape, random(shape, i), torch.float32)
-               for i, (name, shape) in enumerate(weight_shapes(config).items())]
-    write_sharded(tmp, tensors, torch.bfloat16, 2 << 30)
-    tmp.rename(out)
-    return out
 
 
 def llama_cpp_converter(where: Path) -> Path:
@@ -81,10 +51,11 @@ def llama_cpp_converter(where: Path) -> Path:
     return next(where.glob("llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one command in its own process."""
+def run(cmd: list[str], code: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one command in its own process (our code from `code`)."""
+    env = dict(os.environ, PYTHONPATH=str(code or ROOT))
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -98,9 +69,21 @@ def read_seconds(folder: Path) -> float:
     start = time.perf_counter()
     for f in sorted(folder.glob("*.safetensors")):
         with open(f, "rb", buffering=0) as fh:
-            while fh.read(64 << 20):
+            while fh.read(8 << 20):  # small reads: this process's size bounds every child's peak RSS
                 pass
     return time.perf_counter() - start
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return path.stat().st_size
+
+
+def largest_f32_mb(src: Path) -> float:
+    config = json.loads((src / "config.json").read_text())
+    H, V, I = config["hidden_size"], config["vocab_size"], config["intermediate_size"]
+    return max(V * H, I * H) * 4 / 2**20
 
 
 def main() -> None:
@@ -111,58 +94,90 @@ def main() -> None:
     p.add_argument("--llama-cpp", type=Path, default=Path("/tmp/llama-cpp-python-src"),
                    help="where the llama-cpp-python sdist is (or will be) unpacked")
     p.add_argument("--skip-llama-cpp", action="store_true", help="only our own rows")
+    p.add_argument("--baseline", type=Path, help="older code to run our rows with as well (before/after)")
+    p.add_argument("--rows", help="only rows whose name contains one of these comma-separated words")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
 
     from rich.console import Console
 
+    from bench_checkpoint import ensure_checkpoint
     from minicpm_cli.ui import human_bytes, table
 
-    src = make_checkpoint(a.work / "minicpm-1b-width", a.layers)
+    src = ensure_checkpoint(a.work / f"minicpm-1b-width-{a.layers}l", a.layers)
     size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     minicpm = str(Path(sys.executable).with_name("minicpm"))
     out = a.work / "out"
-    jobs = {
-        "convert --to llama": [minicpm, "convert", src, "--to", "llama", "-o", out / "llama", "--force"],
-        "convert --to gguf f16": [minicpm, "convert", src, "--to", "gguf", "-o", out / "f16.gguf", "--force"],
-        "convert --to gguf q8_0": [minicpm, "convert", src, "--to", "gguf", "--outtype", "q8_0",
-                                   "-o", out / "q8_0.gguf", "--force"],
+    ours = {
+        "convert --to llama": ([minicpm, "convert", src, "--to", "llama", "-o", out / "llama", "--force"],
+                               out / "llama"),
+        "convert --to gguf f16": ([minicpm, "convert", src, "--to", "gguf", "-o", out / "f16.gguf", "--force"],
+                                  out / "f16.gguf"),
+        "convert --to gguf f16 --fold": ([minicpm, "convert", src, "--to", "gguf", "--fold", "-o",
+                                          out / "fold-f16.gguf", "--force"], out / "fold-f16.gguf"),
+        "convert --to gguf q8_0": ([minicpm, "convert", src, "--to", "gguf", "--outtype", "q8_0",
+                                    "-o", out / "q8_0.gguf", "--force"], out / "q8_0.gguf"),
     }
+    jobs: dict[str, tuple[list, Path | None, Path | None]] = {
+        "cp -r": (["cp", "-r", src, out / "copy"], out / "copy", None),
+        "idle (python + torch + converters)": (
+            [sys.executable, "-c", "import torch, converters.to_llama, converters.gguf_export"], None, None)}
+    jobs |= {name: (cmd, made, None) for name, (cmd, made) in ours.items()}
+    if a.baseline:
+        jobs |= {f"{name} (baseline)": (cmd, made, a.baseline) for name, (cmd, made) in ours.items()}
     if not a.skip_llama_cpp:
         script = llama_cpp_converter(a.llama_cpp)
         for t in ("f16", "q8_0"):
-            jobs[f"llama.cpp convert {t}"] = [sys.executable, script, src, "--outtype", t,
-                                                          "--outfile", out / f"llama-cpp-{t}.gguf"]
-    out.mkdir(parents=True, exist_ok=True)
+            made = out / f"llama-cpp-{t}.gguf"
+            jobs[f"llama.cpp convert {t}"] = ([sys.executable, script, src, "--outtype", t, "--outfile", made],
+                                              made, None)
+    if a.rows:
+        keep = ("cp -r", "idle") + tuple(w.strip() for w in a.rows.split(","))
+        jobs = {name: job for name, job in jobs.items() if any(w in name for w in keep)}
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     read_seconds(src)  # warm the page cache: every row then reads from memory
     reads = [read_seconds(src) for _ in range(a.repeat)]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
+    sizes: dict[str, int] = {}
     for _ in range(a.repeat):
-        for name, cmd in jobs.items():
-            results[name].append(run([str(c) for c in cmd]))
-            for f in out.glob("*.gguf"):
-                f.unlink()
-            shutil.rmtree(out / "llama", ignore_errors=True)
+        for name, (cmd, made, code) in jobs.items():
+            results[name].append(run([str(c) for c in cmd], code))
+            if made is not None:
+                sizes[name] = size_of(made)
+                if made.is_dir():
+                    shutil.rmtree(made)
+                else:
+                    made.unlink()
+    load = os.getloadavg()
 
     best = {name: (min(s for s, _ in r), max(m for _, m in r)) for name, r in results.items()}
-    rows = [["read checkpoint (warm cache)", f"{min(reads):.2f}", "", "", ""]]
+    idle = best["idle (python + torch + converters)"][1]
+    bound = largest_f32_mb(src) + idle
+    rows = [["read checkpoint (warm cache)", f"{min(reads):.2f}", "", "", "", ""]]
     data = {"checkpoint": str(src), "checkpoint_bytes": size, "layers": a.layers, "repeat": a.repeat,
-            "read_seconds": min(reads), "runs": {}}
+            "read_seconds": min(reads), "load_average": load, "largest_output_tensor_f32_mb": largest_f32_mb(src),
+            "idle_rss_mb": idle, "runs": {}}
     for name, (seconds, rss) in best.items():
-        anchor = None
-        if name.startswith("convert --to gguf") and not a.skip_llama_cpp:
-            anchor = best[f"llama.cpp convert {name.split()[-1]}"]
-        elif name == "convert --to llama":
-            anchor = (min(reads), None)
-        ratio_t = f"{seconds / anchor[0]:.2f}x" if anchor else ""
-        ratio_m = f"{rss / anchor[1]:.2f}x" if anchor and anchor[1] else ""
-        rows.append([name, f"{seconds:.2f}", f"{rss:.0f}", ratio_t, ratio_m])
-        data["runs"][name] = {"seconds": seconds, "peak_rss_mb": rss,
+        ratio_t = ratio_m = ""
+        if name.startswith("convert --to gguf") and f"llama.cpp convert {name.split()[3]}" in best:
+            anchor = best[f"llama.cpp convert {name.split()[3]}"]
+            ratio_t, ratio_m = f"{seconds / anchor[0]:.2f}x llama.cpp", f"{rss / anchor[1]:.2f}x llama.cpp"
+        if name.startswith("convert --to llama"):
+            idle_s = best["idle (python + torch + converters)"][0]
+            ratio_t = (f"{seconds / best['cp -r'][0]:.2f}x cp -r "
+                       f"({(seconds - idle_s) / best['cp -r'][0]:.2f}x past start-up)")
+        if name.startswith("convert"):
+            ratio_m = (ratio_m + " / " if ratio_m else "") + f"{rss / bound:.2f}x bound"
+        rows.append([name, f"{seconds:.2f}", f"{rss:.0f}", human_bytes(sizes[name]) if name in sizes else "",
+                     ratio_t, ratio_m])
+        data["runs"][name] = {"seconds": seconds, "peak_rss_mb": rss, "output_bytes": sizes.get(name),
                               "all_seconds": [s for s, _ in results[name]],
                               "median_seconds": statistics.median(s for s, _ in results[name])}
-    title = (f"convert benchmark: {src.name}, {human_bytes(size)} bf16, {a.layers} layers, "
-             f"best of {a.repeat} (ratios: gguf rows vs llama.cpp, --to llama vs read)")
-    Console().print(table(title, ["", "wall s", "peak RSS MB", "time ratio", "RSS ratio"], rows))
+    title = (f"convert benchmark: {src.name}, {human_bytes(size)} bf16, {a.layers} layers, best of {a.repeat}; "
+             f"bound = largest output tensor in f32 ({largest_f32_mb(src):.0f} MB) + idle ({idle:.0f} MB); "
+             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    Console(width=200).print(table(title, ["", "wall s", "peak RSS MB", "output", "time ratio", "RSS ratio"], rows))
     if a.json:
         a.json.write_text(json.dumps(data, indent=2) + "\n")
 

@@ -233,6 +233,39 @@ def test_greedy_reply_matches_a_plain_torch_reference(tiny):
     assert gen.stats.new_tokens == 12 and gen.stats.stop == "length" and gen.stats.tokens_per_s > 0
 
 
+@pytest.mark.parametrize("family", ["dense-gqa-tied", "minicpm4"])
+def test_static_cache_decoder_computes_the_models_own_logits(family, tiny):
+    """Prefill, a multi-token pass over a warm cache, then single tokens past two cache growths: each
+    step's logits are the model's own full forward at that position; fusing q/k/v and gate/up into
+    shared weights leaves the model's forward unchanged."""
+    from runtime.llama_decode import LlamaDecoder, supports
+    from runtime.load import load_model
+
+    model = load_model(tiny(family)).model
+    ids = [1] + [int(i) for i in torch.randint(3, 2000, (39,), generator=torch.Generator().manual_seed(3))]
+    with torch.no_grad():
+        before = model(torch.tensor([ids])).logits[0]
+    assert supports(model)
+    decoder = LlamaDecoder(model, 64, first_capacity=8)
+    steps = [(ids[:10], 0), (ids[10:17], 10)] + [([ids[t]], t) for t in range(17, 40)]
+    got = torch.stack([decoder.forward(chunk, start) for chunk, start in steps])
+    assert decoder.k.shape[2] == 40  # grew 10 -> 20 -> 40, keeping what it held
+    with torch.no_grad():
+        after = model(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5 * before.abs().max().item())
+    want = before[[9, 16] + list(range(17, 40))]
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    with pytest.raises(ValueError, match="exceed the context of 64"):
+        decoder.forward([5], 64)
+
+
+def test_mixtral_and_quantized_models_keep_the_transformers_loop(tiny):
+    from runtime.llama_decode import supports
+    from runtime.load import load_model
+
+    assert not supports(load_model(tiny("moe")).model)
+
+
 @pytest.mark.slow
 def test_second_turn_reuses_the_cache_and_matches_a_fresh_run(tiny):
     from minicpm_cli.chat import open_session

@@ -49,8 +49,8 @@ class Family:
         return MupScales(1.0, 1.0, 1.0)
 
     def folded_config(self, config: dict, dtype: torch.dtype) -> dict:
-        """The Llama/Mixtral config.json with the same function: already plain, so every field is kept and
-        the written head is untied."""
+        """The Llama/Mixtral config.json with the same function: already plain, so every field is kept
+        (mup.folded_config sets the tie and eps the fold implies)."""
         out = {k: v for k, v in config.items() if k not in ("auto_map", "_name_or_path", "dtype")}
         return out | {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
 
