@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError, UserError
+from .official import complete, notice, runtime_notes
 
 SAFETENSORS_DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
@@ -123,8 +124,12 @@ class Checkpoint:
 
     def __init__(self, path: Path | str):
         self.path = model_folder(path)
-        self.config = read_json(self.path / "config.json")
-        self.family = family_of(self.config, self.path / "config.json")
+        raw = read_json(self.path / "config.json")
+        self.family = family_of(raw, self.path / "config.json")
+        # official defaults for keys the config omits (converters.official); `defaults` names them
+        self.config, self.defaults = complete(raw, self.family)
+        for note in runtime_notes(raw, self.path):
+            notice(note)
         self._where: dict[str, Path] = {}  # tensor name -> file
         self._info: dict[str, TensorInfo] = {}
         self._offsets: dict[str, tuple[int, int]] = {}  # safetensors: [begin, end) in the file

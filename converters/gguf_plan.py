@@ -22,6 +22,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .errors import UsageError, UserError
+from .official import check_activation
 from .mup import MupScales, fold_plan, fold_rope_scaling, tied
 from .shapes import MLA_KEYS, check_checkpoint, check_shape, check_shapes, minicpm3_shapes
 
@@ -197,6 +198,7 @@ def _moe_keys(plan: GGUFPlan, config: dict) -> None:
 def plan_minicpm(ckpt: Checkpoint) -> GGUFPlan:
     config = ckpt.config
     check_checkpoint(ckpt)
+    check_activation(config, ckpt.path / "config.json")
     scales = MupScales.from_config(config, ckpt.path / "config.json")
     plan = GGUFPlan("minicpm", ckpt.family, model_name(ckpt), vocab_rows=config["vocab_size"])
     _common_keys(plan, config, config["intermediate_size"])
@@ -243,6 +245,7 @@ def plan_minicpm3(ckpt: Checkpoint) -> GGUFPlan:
     config, where = ckpt.config, ckpt.path / "config.json"
     expected = minicpm3_shapes(config, where)
     check_shapes(ckpt, expected)
+    check_activation(config, where)
     H, L = config["hidden_size"], config["num_hidden_layers"]
     ql, kvl, nope, rope, vd = (config[k] for k in MLA_KEYS)
     plan = GGUFPlan("minicpm3", ckpt.family, model_name(ckpt), vocab_rows=config["vocab_size"])
@@ -255,13 +258,10 @@ def plan_minicpm3(ckpt: Checkpoint) -> GGUFPlan:
     plan.key("add_rope_dimension_count", rope)
     _rope_keys(plan, config, rope, where, as_freqs=False)
 
-    # transformers' MiniCPM3Config defaults, then the ratio to what llama.cpp's graph assumes
-    scale_emb = float(config.get("scale_emb", 12))
-    scale_depth = float(config["scale_depth"]) if config.get("scale_depth") is not None else math.sqrt(L)
-    base = float(config["dim_model_base"]) if config.get("dim_model_base") is not None else float(H)
-    emb = scale_emb / LLAMA_CPP_MINICPM3["scale_emb"]
-    residual = scale_depth / LLAMA_CPP_MINICPM3["scale_depth"]
-    logit = base / LLAMA_CPP_MINICPM3["dim_model_base"]
+    # the config's muP values (official defaults already filled in), as ratios to llama.cpp's constants
+    emb = float(config["scale_emb"]) / LLAMA_CPP_MINICPM3["scale_emb"]
+    residual = float(config["scale_depth"]) / LLAMA_CPP_MINICPM3["scale_depth"]
+    logit = float(config["dim_model_base"]) / LLAMA_CPP_MINICPM3["dim_model_base"]
 
     get = lambda name, factor=1.0: _scaled(lambda: ckpt.get(name), factor)  # noqa: E731
     plan.tensors.append(GGUFTensor("token_embd.weight", expected["model.embed_tokens.weight"],

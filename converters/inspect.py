@@ -7,6 +7,7 @@ from pathlib import Path
 from .checkpoint import Checkpoint, model_folder, read_json
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
+from .official import runtime_notes
 from .shapes import check_checkpoint, shapes
 
 
@@ -52,6 +53,7 @@ def inspect_folder(path: Path) -> dict:
     folder = model_folder(path)
     config = read_json(folder / "config.json")
     quantized = "quantization_config" in config
+    defaults: list[str] = []
     if quantized:  # packed tensors do not show the parameter count: derive it from the config
         family = config.get("model_type", "?")
         params = sum(_numel(s) for s in shapes(config, family, folder / "config.json").values())
@@ -60,20 +62,25 @@ def inspect_folder(path: Path) -> dict:
     else:
         ckpt = Checkpoint(folder)
         check_checkpoint(ckpt)  # a checkpoint that disagrees with its config is reported, not described
-        family = ckpt.family
+        family, config, defaults = ckpt.family, ckpt.config, ckpt.defaults
         params = sum(_numel(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
         dtypes = sorted({str(ckpt.info(n).dtype).removeprefix("torch.") for n in ckpt.names})
     tok_kind, tok_size = _tokenizer(folder)
-    from .tokenizer import chat_template
+    from .tokenizer import chat_template, tokenizer_agreement, which_tokenizer
 
     mup = {k: config[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in config}
     return {
         "path": str(folder), "format": "hf", "family": family,
         "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
-        "parameters": params, "dtypes": dtypes, "mup": mup,
+        "parameters": params, "dtypes": dtypes, "mup": mup, "defaults_used": defaults,
+        "activation": config.get("hidden_act", "silu") + (
+            f" (threshold {config['hidden_act_param']})" if "hidden_act_param" in config else ""),
+        "notes": runtime_notes(config, folder),
         "quantization": _quantization(config),
         "context_length": config.get("max_position_embeddings"), "rope": _rope(config),
-        "tokenizer": tok_kind, "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
+        "tokenizer": tok_kind, "tokenizer_used": which_tokenizer(folder),
+        "tokenizer_agreement": tokenizer_agreement(folder),
+        "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
         "size_bytes": disk_size(folder),
     }
 

@@ -16,6 +16,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .errors import UserError
+from .official import check_activation
 from .shapes import check_shapes, shapes
 
 
@@ -36,9 +37,7 @@ class MupScales:
 
     @classmethod
     def from_config(cls, config: dict, where) -> "MupScales":
-        missing = [k for k in ("scale_emb", "scale_depth", "dim_model_base") if config.get(k) is None]
-        if missing:
-            raise UserError(f"{where}: MiniCPM config lacks {', '.join(missing)} (needed to fold muP)")
+        """From a config completed with the official defaults (Checkpoint.config)."""
         return cls(
             embedding=float(config["scale_emb"]),
             residual=float(config["scale_depth"]) / math.sqrt(config["num_hidden_layers"]),
@@ -68,6 +67,13 @@ def fold_rope_scaling(config: dict) -> dict | None:
     long_factor at every length whenever max_position_embeddings > original_max_position_embeddings;
     transformers' Llama picks short or long by the current length. Writing the factor MiniCPM really
     uses into both slots gives the same function at every length.
+
+    The attention scale sqrt(1 + ln(max/original) / ln(original)) is what every runtime derives, each
+    from different keys: transformers 4.43-4.5x needs `factor` (a TypeError without it) and takes
+    `original` from the config's top level (else it uses max, giving 1.0801 for 1.0954 at 64k/32k);
+    transformers 5 reads both from rope_parameters; vLLM's Llama reads original from rope_scaling and
+    max from the config. So `factor` = max / original goes inside, and folded_config repeats
+    original_max_position_embeddings at the top level.
     """
     rs = config.get("rope_scaling")
     if not rs:
@@ -76,18 +82,33 @@ def fold_rope_scaling(config: dict) -> dict | None:
     kind = rs.get("rope_type") or rs.get("type")
     rs["rope_type"] = rs["type"] = kind
     if kind == "longrope":
-        original = rs.get("original_max_position_embeddings") or config["max_position_embeddings"]
+        original = (rs.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+                    or config["max_position_embeddings"])
         used = rs["long_factor"] if config["max_position_embeddings"] > original else rs["short_factor"]
         rs["long_factor"], rs["short_factor"] = list(used), list(used)
         rs["original_max_position_embeddings"] = original
+        rs.setdefault("factor", config["max_position_embeddings"] / original)
     return rs
+
+
+def _rope_fields(config: dict, minicpm: bool) -> dict:
+    """rope_scaling as every Llama runtime reads it, and LongRoPE's original context at the top level.
+
+    A Llama input keeps its factors (its semantics are Llama's): it only gains the keys it lacks."""
+    rs = fold_rope_scaling(config)
+    if rs and not minicpm:
+        rs = config["rope_scaling"] | {k: v for k, v in rs.items() if k not in config["rope_scaling"]}
+    if not rs or rs.get("rope_type") != "longrope":
+        return {"rope_scaling": rs} if rs else {}
+    return {"rope_scaling": rs, "original_max_position_embeddings": rs["original_max_position_embeddings"]}
 
 
 def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
     """The Llama (dense) or Mixtral (MoE) config.json with the same function and no muP fields."""
     if family in ("llama", "mixtral"):  # already plain: keep every field, untie the written head
         out = {k: v for k, v in config.items() if k not in ("auto_map", "_name_or_path", "dtype")}
-        return out | {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
+        out |= {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
+        return out | _rope_fields(out, minicpm=False)
     H, nh = config["hidden_size"], config["num_attention_heads"]
     out = {
         "architectures": ["MixtralForCausalLM" if family == "minicpm-moe" else "LlamaForCausalLM"],
@@ -114,6 +135,7 @@ def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
+    out |= _rope_fields(config | {"max_position_embeddings": out["max_position_embeddings"]}, minicpm=True)
     if family == "minicpm-moe":
         out |= {"num_local_experts": config["num_experts"], "num_experts_per_tok": config["num_experts_per_tok"],
                 "router_aux_loss_coef": config.get("router_aux_loss_coef", 0.0), "sliding_window": None,
@@ -132,6 +154,7 @@ def fold_plan(ckpt: Checkpoint) -> list[OutTensor]:
             "convert it with --to gguf, or load it directly (transformers has native minicpm3)", code=2)
     expected = shapes(config, family, ckpt.path / "config.json")
     check_shapes(ckpt, expected)
+    check_activation(config, ckpt.path / "config.json")
     if family in ("llama", "mixtral"):
         scales = MupScales(1.0, 1.0, 1.0)
     else:

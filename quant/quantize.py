@@ -234,7 +234,7 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
         raise UsageError(f"{folder}: already quantized ({method}); quantize the float model instead")
     ckpt = Checkpoint(folder)
     check_checkpoint(ckpt)  # before calibration data is fetched or anything is computed
-    family = ckpt.family
+    config, family = ckpt.config, ckpt.family  # with the official defaults (v_head_dim, muP) filled in
     moe = family in ("minicpm-moe", "mixtral")
     opts = resolve_options(opts, moe=moe)
     check_group_size(opts, config, family)

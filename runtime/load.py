@@ -16,6 +16,7 @@ import torch
 from converters.checkpoint import Checkpoint, model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.gguf_read import is_gguf
+from converters.official import check_activation
 from converters.tokenizer import load_tokenizer
 
 
@@ -70,18 +71,21 @@ def fuse_experts(state: dict, n_experts: int) -> dict:
 
 
 def minicpm3_config(config: dict):
-    """transformers' MiniCPM3Config for a published config.json.
+    """transformers' MiniCPM3Config for a MiniCPM3 checkpoint's completed config (Checkpoint.config).
 
-    transformers 5.17's MLA attention reads rope_parameters["factor"] for LongRoPE, which published
-    MiniCPM3 configs do not carry; its value is max_position_embeddings / original (1.0 for MiniCPM3-4B).
+    Its muP keys and v_head_dim carry OpenBMB's defaults (transformers' config class has others).
+    OpenBMB's LongRoPE uses one factor set at every length (long_factor when max_position_embeddings >
+    original), transformers' picks by the current length: fold_rope_scaling writes the used set into
+    both slots, and the `factor` (max / original) transformers 5.17's MLA reads for the attention scale.
     """
     from transformers import MiniCPM3Config
 
-    config = {k: v for k, v in config.items() if k not in ("auto_map", "architectures")}
-    rs = config.get("rope_scaling")
-    if rs and (rs.get("rope_type") or rs.get("type")) == "longrope" and "factor" not in rs:
-        original = rs.get("original_max_position_embeddings") or config["max_position_embeddings"]
-        config["rope_scaling"] = rs | {"factor": config["max_position_embeddings"] / original}
+    from converters.mup import fold_rope_scaling
+
+    config = {k: v for k, v in config.items() if k not in ("auto_map", "architectures", "model_type")}
+    config["rope_scaling"] = fold_rope_scaling(config)
+    if isinstance(config.get("dim_model_base"), float) and config["dim_model_base"].is_integer():
+        config["dim_model_base"] = int(config["dim_model_base"])  # transformers' class accepts int only
     return MiniCPM3Config(**config)
 
 
@@ -146,16 +150,17 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     quant = config.get("quantization_config")
     dtype = dtype or torch.float32
     try:
-        if quant is None and config.get("model_type") == "minicpm":
-            ckpt = Checkpoint(folder)
+        ckpt = Checkpoint(folder) if quant is None else None  # the family from architectures or model_type
+        if ckpt and ckpt.family in ("minicpm", "minicpm-moe"):
             family, model = ckpt.family, folded_model(ckpt, dtype)
-        elif config.get("model_type") == "minicpm3":
+        elif ckpt and ckpt.family == "minicpm3":
             from transformers import MiniCPM3ForCausalLM
 
+            check_activation(ckpt.config, folder / "config.json")
             family = "minicpm3"
-            model = MiniCPM3ForCausalLM.from_pretrained(folder, config=minicpm3_config(config), dtype=dtype)
+            model = MiniCPM3ForCausalLM.from_pretrained(folder, config=minicpm3_config(ckpt.config), dtype=dtype)
         else:
-            family = Checkpoint(folder).family if quant is None else config.get("model_type", "llama")
+            family = ckpt.family if ckpt else config.get("model_type", "llama")
             kwargs = {"device_map": device} if quant else {"dtype": dtype}
             with quiet_loading(quant):
                 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, **kwargs)

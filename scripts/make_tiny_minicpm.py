@@ -2,6 +2,9 @@
 """Write a tiny MiniCPM checkpoint in the published layout (optionally trained briefly on real text).
 
     python scripts/make_tiny_minicpm.py OUT [--family dense-gqa-tied] [--train-steps 300] [--text FILE]
+    python scripts/make_tiny_minicpm.py OUT --like ../shared/minicpm-hf/MiniCPM3-4B [--config FILE]
+
+--like copies a published model's config (every key; only sizes shrunk) and its tokenizer files.
 """
 import argparse
 
@@ -19,7 +22,15 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--weights", choices=("safetensors", "bin"), default="safetensors")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--like", help="a published model folder: its config.json shrunk, its tokenizer files")
+    p.add_argument("--config", help="with --like: the published config.json to shrink, when LIKE has none "
+                                     "(MiniCPM-2B-sft-bf16: MiniCPM-V-2B-llm/config.json)")
     a = p.parse_args()
+    if a.like:
+        from converters.tiny_like import make_tiny_like
+
+        print(f"wrote {make_tiny_like(a.out, a.like, config=a.config, tokenizer=a.tokenizer, seed=a.seed)}")
+        return
     out = make_tiny(a.out, a.family, tokenizer=a.tokenizer, train_steps=a.train_steps, text=a.text,
                     seed=a.seed, vocab_size=a.vocab_size, weights_format=a.weights, log=print)
     print(f"wrote {out}")
