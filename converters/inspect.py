@@ -36,17 +36,19 @@ def _quantization(config: dict) -> str:
     return method
 
 
-def _tokenizer(folder: Path) -> tuple[str, int | None]:
+def _tokenizer(folder: Path) -> tuple[str, int | None, dict | None]:
+    """(kind, size, agreement of the folder's two tokenizers or None)."""
     if (folder / "tokenizer.model").is_file():
-        from .tokenizer import load_tokenizer
+        from .tokenizer import load_tokenizer, tokenizer_agreement
 
-        return "sentencepiece", len(load_tokenizer(folder))
+        tokenizer = load_tokenizer(folder)
+        return "sentencepiece", len(tokenizer), tokenizer_agreement(folder, tokenizer)
     if (folder / "tokenizer.json").is_file():
         import json
 
         model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-        return model.get("type", "?").lower(), len(model.get("vocab", {}))
-    return "none", None
+        return model.get("type", "?").lower(), len(model.get("vocab", {})), None
+    return "none", None, None
 
 
 def inspect_folder(path: Path) -> dict:
@@ -65,8 +67,8 @@ def inspect_folder(path: Path) -> dict:
         family, config, defaults = ckpt.family, ckpt.config, ckpt.defaults
         params = sum(_numel(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
         dtypes = sorted({str(ckpt.info(n).dtype).removeprefix("torch.") for n in ckpt.names})
-    tok_kind, tok_size = _tokenizer(folder)
-    from .tokenizer import chat_template, tokenizer_agreement, which_tokenizer
+    tok_kind, tok_size, agreement = _tokenizer(folder)
+    from .tokenizer import chat_template, which_tokenizer
 
     mup = {k: config[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in config}
     return {
@@ -79,7 +81,7 @@ def inspect_folder(path: Path) -> dict:
         "quantization": _quantization(config),
         "context_length": config.get("max_position_embeddings"), "rope": _rope(config),
         "tokenizer": tok_kind, "tokenizer_used": which_tokenizer(folder),
-        "tokenizer_agreement": tokenizer_agreement(folder),
+        "tokenizer_agreement": agreement,
         "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
         "size_bytes": disk_size(folder),
     }

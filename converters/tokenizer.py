@@ -120,7 +120,7 @@ def which_tokenizer(folder: Path) -> str:
     return "none"
 
 
-def tokenizer_agreement(folder: Path) -> dict | None:
+def tokenizer_agreement(folder: Path, used=None) -> dict | None:
     """Where a folder ships both tokenizer.model and tokenizer.json: the ids each gives for PROBES.
 
     tokenizer.json is read with the `tokenizers` library exactly as shipped; tokenizer.model through
@@ -135,7 +135,7 @@ def tokenizer_agreement(folder: Path) -> dict | None:
         shipped = Tokenizer.from_file(str(folder / "tokenizer.json"))
     except Exception as exc:
         raise UserError(f"{folder / 'tokenizer.json'}: cannot be read ({exc})") from None
-    used = load_tokenizer(folder)
+    used = used or load_tokenizer(folder)
     probes = []
     for text in PROBES:
         ours = used.encode(text, add_special_tokens=False)

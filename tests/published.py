@@ -11,6 +11,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+import torch
+
 from conftest import shared_path
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -120,3 +123,44 @@ def build(name: str, root: Path) -> Path:
     config = shared_path("minicpm-hf", case.config) if case.config else None
     return make_tiny_like(root / name, shared_path("minicpm-hf", case.like), config=config, tokenizer=tokenizer,
                           overrides=case.overrides)
+
+
+# --- fixtures shared by the tests that use these cases ------------------------------------------------
+IDS = [1] + [int(i) for i in torch.randint(3, 1400, (47,), generator=torch.Generator().manual_seed(3))]
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory):
+    """published(name) -> the tiny checkpoint of that case (built once per session)."""
+    root, cache = tmp_path_factory.mktemp("published"), {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = build(name, root)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference(published):
+    cache = {}
+
+    def get(name: str) -> torch.Tensor:
+        if name not in cache:
+            cache[name] = _reference_logits(published(name))
+        return cache[name]
+
+    return get
+
+
+def close_to(logits: torch.Tensor, reference: torch.Tensor, rel: float = 1e-4) -> None:
+    err = (logits - reference).abs().max().item()
+    assert err <= rel * reference.abs().max().item(), f"max |Δlogit| {err:.3g} vs max |logit| {reference.abs().max():.3g}"
+    assert (logits.argmax(-1) == reference.argmax(-1)).all()
+
+
+def _reference_logits(folder) -> torch.Tensor:
+    from reference import load_minicpm, minicpm_logits
+
+    return minicpm_logits(*load_minicpm(folder), IDS)
