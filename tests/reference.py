@@ -75,11 +75,12 @@ def _attention(x, w, prefix, config, cos, sin):
 def _latent_attention(x, w, prefix, config, cos, sin):
     """MiniCPM3's MLA: queries and keys/values pass through low-rank bottlenecks (each RMS-normed);
     every head's key = [its own no-rope part | one rotary part shared by all heads]; the value width
-    is hidden_size // heads in OpenBMB's code; scores are scaled by 1/sqrt(nope + rope)."""
+    is hidden_size // heads in OpenBMB's code (a config's v_head_dim, where given, as transformers
+    reads it); scores are scaled by 1/sqrt(nope + rope)."""
     T, H = x.shape
     nh, eps = config["num_attention_heads"], config["rms_norm_eps"]
     nope, rope, kv_rank = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["kv_lora_rank"]
-    vd = H // nh
+    vd = config.get("v_head_dim") or H // nh
     q_latent = _rms(x @ w[prefix + "q_a_proj.weight"].t(), w[prefix + "q_a_layernorm.weight"], eps)
     q = (q_latent @ w[prefix + "q_b_proj.weight"].t()).reshape(T, nh, nope + rope).permute(1, 0, 2)
     kv_a = x @ w[prefix + "kv_a_proj_with_mqa.weight"].t()

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, shared_path
 from published import CASES, IDS, close_to, published, reference  # noqa: F401 (fixtures)
 
 NAMES = list(CASES)
@@ -48,6 +48,36 @@ def gguf_logits(path) -> torch.Tensor:
         return model.logits(IDS)
     finally:
         model.model.close()
+
+
+SIZES = {"hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size",
+         "head_dim", "qk_nope_head_dim", "qk_rope_head_dim", "q_lora_rank", "kv_lora_rank"}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_tiny_config_keeps_every_published_key_and_value_except_sizes(name):
+    from converters.tiny_like import language_model_config, shrink
+
+    case = CASES[name]
+    source = json.loads(shared_path("minicpm-hf", case.config or f"{case.like}/config.json").read_text())
+    published = language_model_config(source)
+    tiny = shrink(published)
+    assert set(tiny) == set(published) and set(published) <= set(source) | {"auto_map"}
+    for key, value in published.items():
+        if key == "rope_scaling" and value:  # factor lists resampled to the new rotary size, ends kept
+            for k in value:
+                if k.endswith("_factor"):
+                    assert tiny[key][k][0] == value[k][0] and tiny[key][k][-1] == value[k][-1]
+                else:
+                    assert tiny[key][k] == value[k]
+        elif key not in SIZES:
+            assert tiny[key] == value, key
+    assert tiny["hidden_size"] == 128 and tiny["num_hidden_layers"] == 2
+    mha = published.get("num_key_value_heads", published["num_attention_heads"]) == published["num_attention_heads"]
+    assert (tiny.get("num_key_value_heads", 4) == 4) == mha
+    if "head_dim" in published:  # equal to hidden / heads, or not, as published
+        equal = published["head_dim"] == published["hidden_size"] // published["num_attention_heads"]
+        assert (tiny["head_dim"] == 32) == equal
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -160,7 +190,7 @@ def test_eval_ppl_and_chat_agree_between_the_folder_and_its_gguf(name, published
     assert replies[0].err.count("attention runs dense") == (1 if sparse else 0)
 
 
-@pytest.mark.parametrize("name", SERVED)
+@pytest.mark.parametrize("name", PUBLISHED + ["MiniCPM-S-1B"])
 def test_quantize_bnb_int8_reloads(name, published, cli, tmp_path):
     result = cli("quantize", published(name), "--method", "bnb", "--bits", "8", "-o", tmp_path / "q")
     if name in REFUSED:
