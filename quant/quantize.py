@@ -290,6 +290,12 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
             shutil.rmtree(tmp / ".float", ignore_errors=True)
         if before_save is not None:
             before_save(model)
+        if (folder / "generation_config.json").is_file():
+            # transformers 5 refuses to save a generation config it finds inconsistent (MiniCPM3-4B's
+            # do_sample false with temperature 0.8); copy_tokenizer copies the published file after it
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_model_config(model.config)
         if opts.method == "bnb":
             model.save_pretrained(tmp)
         else:
