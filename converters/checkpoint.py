@@ -13,23 +13,13 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError, UserError
-from .official import complete, notice, runtime_notes
+from .official import notice, runtime_notes
+from .tensors import element_count
 
 SAFETENSORS_DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
-}
-# --dtype values and config.json's torch_dtype names
-DTYPE_NAMES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
-               "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-# family -> the architectures / model_types that name it
-FAMILIES = {
-    "minicpm": ("MiniCPMForCausalLM", "minicpm"),
-    "minicpm3": ("MiniCPM3ForCausalLM", "minicpm3"),
-    "llama": ("LlamaForCausalLM", "llama"),
-    "mixtral": ("MixtralForCausalLM", "mixtral"),
 }
 
 
@@ -40,10 +30,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return element_count(self.shape) * self.dtype.itemsize
 
 
 def read_json(path: Path) -> dict:
@@ -72,19 +59,6 @@ def model_folder(path: Path | str) -> Path:
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: not a model folder (no config.json)")
     return path
-
-
-def family_of(config: dict, where: Path) -> str:
-    archs = config.get("architectures") or []
-    model_type = config.get("model_type", "")
-    for family, (arch, mtype) in FAMILIES.items():
-        if arch in archs or model_type == mtype:
-            if family == "minicpm" and config.get("num_experts"):
-                return "minicpm-moe"
-            return family
-    name = archs[0] if archs else model_type or "unknown"
-    supported = ", ".join(a for a, _ in FAMILIES.values())
-    raise UserError(f"{where}: architecture {name} is not supported (supported: {supported})", code=2)
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:
@@ -125,9 +99,11 @@ class Checkpoint:
     def __init__(self, path: Path | str):
         self.path = model_folder(path)
         raw = read_json(self.path / "config.json")
+        from .families import family_of  # families read checkpoints: imported when one is opened
+
         self.family = family_of(raw, self.path / "config.json")
-        # official defaults for keys the config omits (converters.official); `defaults` names them
-        self.config, self.defaults = complete(raw, self.family)
+        # OpenBMB's defaults for keys the config omits (Family.complete); `defaults` names them
+        self.config, self.defaults = self.family.complete(raw)
         for note in runtime_notes(raw, self.path):
             notice(note)
         self._where: dict[str, Path] = {}  # tensor name -> file

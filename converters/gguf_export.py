@@ -27,8 +27,14 @@ from .gguf_kquant import KQUANT_FTYPES, quantize_gguf
 from .gguf_plan import GGUFPlan, GGUFTensor, plan_gguf
 from .gguf_vocab import add_vocab, read_vocab
 
-BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
-OUTTYPES = ("f32", "f16", "bf16") + BLOCK_TYPES + tuple(KQUANT_FTYPES)
+# Outtypes written here: --outtype -> (GGML tensor type, GGUF file type), by the gguf package's enum names.
+# Adding one that gguf.quants can encode is one entry; k-quants live in gguf_kquant.KQUANT_FTYPES.
+DIRECT_OUTTYPES = {
+    "f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+}
+OUTTYPES = tuple(DIRECT_OUTTYPES) + tuple(KQUANT_FTYPES)
 
 
 @dataclass
@@ -42,17 +48,15 @@ class GGUFResult:
 
 
 def _ggml_type(outtype: str):
-    from gguf import GGMLQuantizationType as Q
+    from gguf import GGMLQuantizationType
 
-    return {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
-            "q5_0": Q.Q5_0, "q5_1": Q.Q5_1}[outtype]
+    return GGMLQuantizationType[DIRECT_OUTTYPES[outtype][0]]
 
 
 def _file_type(outtype: str) -> int:
-    from gguf import LlamaFileType as F
+    from gguf import LlamaFileType
 
-    return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0,
-            "q4_0": F.MOSTLY_Q4_0, "q4_1": F.MOSTLY_Q4_1, "q5_0": F.MOSTLY_Q5_0, "q5_1": F.MOSTLY_Q5_1}[outtype]
+    return LlamaFileType[DIRECT_OUTTYPES[outtype][1]]
 
 
 def check_outtype(outtype: str) -> str:
@@ -227,14 +231,29 @@ def intermediate_type(plan: GGUFPlan) -> str:
     return "f32" if plan.source_dtype == torch.float32 else "f16"
 
 
-def prepare(src, outtype: str = "f16", fold: bool = False, imatrix: Path | str | None = None):
-    """Read and check everything before any output is written: (checkpoint, plan, vocab, outtype)."""
+@dataclass
+class Prepared:
+    """Everything `--to gguf` writes, read and checked once, before any output exists."""
+    ckpt: object
+    plan: GGUFPlan
+    vocab: object
+    outtype: str
+    imatrix: Path | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        """Tensor bytes the direct write produces (for k-quants: the intermediate file)."""
+        return plan_bytes(self.plan, self.outtype)
+
+
+def prepare(src, outtype: str = "f16", fold: bool = False, imatrix: Path | str | None = None) -> Prepared:
+    """Read and check everything before any output is written: checkpoint, plan, vocabulary, outtype."""
     outtype = check_outtype(outtype)
     if imatrix is not None and outtype not in KQUANT_FTYPES:
         raise UsageError(f"--imatrix only applies to k-quants ({', '.join(KQUANT_FTYPES)}), not {outtype}")
     ckpt, plan = plan_gguf(src, fold)
     vocab = read_vocab(ckpt.path, plan.vocab_rows, ckpt.config)
-    return ckpt, plan, vocab, outtype
+    return Prepared(ckpt, plan, vocab, outtype, None if imatrix is None else Path(imatrix))
 
 
 def check_imatrix(path: Path, plan: GGUFPlan) -> dict[str, np.ndarray]:
@@ -259,10 +278,17 @@ def check_imatrix(path: Path, plan: GGUFPlan) -> dict[str, np.ndarray]:
 def convert_to_gguf(src, out, outtype: str = "f16", fold: bool = False, force: bool = False,
                     imatrix: Path | str | None = None,
                     on_tensor: Callable[[str, int], None] | None = None) -> GGUFResult:
+    check_output(Path(out), force)
+    return write_prepared(prepare(src, outtype, fold, imatrix), out, force, on_tensor)
+
+
+def write_prepared(prepared: Prepared, out, force: bool = False,
+                   on_tensor: Callable[[str, int], None] | None = None) -> GGUFResult:
+    """Write a prepared conversion as one GGUF file at OUT (atomically)."""
     out = Path(out)
     check_output(out, force)
-    ckpt, plan, vocab, outtype = prepare(src, outtype, fold, imatrix)
-    importance = check_imatrix(Path(imatrix), plan) if imatrix is not None else None  # fail before the write
+    ckpt, plan, vocab, outtype = prepared.ckpt, prepared.plan, prepared.vocab, prepared.outtype
+    importance = None if prepared.imatrix is None else check_imatrix(prepared.imatrix, plan)  # fail before writing
     with atomic_output(out, force, is_dir=False) as tmp:
         if outtype in KQUANT_FTYPES:
             base = tmp.with_name(tmp.name + "." + intermediate_type(plan))
@@ -274,4 +300,4 @@ def convert_to_gguf(src, out, outtype: str = "f16", fold: bool = False, force: b
         else:
             write_gguf(tmp, plan, vocab, outtype, on_tensor)
         size = os.path.getsize(tmp)
-    return GGUFResult(ckpt.family, plan.arch, outtype, len(plan.tensors), size, [out.name])
+    return GGUFResult(ckpt.family.name, plan.arch, outtype, len(plan.tensors), size, [out.name])

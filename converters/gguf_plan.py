@@ -3,8 +3,7 @@
 - `minicpm` (MiniCPM 1/2/4, MiniCPM-MoE): weights as published; llama.cpp applies the muP scalars
   from minicpm.embedding_scale (x scale_emb), minicpm.residual_scale (x scale_depth/sqrt(L) on every
   branch) and minicpm.logit_scale (logits / (hidden/dim_model_base)).
-- `minicpm3` (MLA): llama.cpp's graph hard-codes MiniCPM3-4B's scalars (12, 1.4, 256); a model with
-  other values gets the ratio folded into its embedding, o_proj/down_proj and head weights.
+- `minicpm3` (MLA): planned by converters/families/minicpm3.py with the key and rope helpers here.
 - `llama` (--fold, and Llama/Mixtral input): the muP-folded weights from converters.mup.
 
 llama.cpp's `minicpm` and `llama` graphs rotate adjacent pairs of each head, Hugging Face rotates the
@@ -21,10 +20,10 @@ from typing import Callable
 import torch
 
 from .checkpoint import Checkpoint
-from .errors import UsageError, UserError
+from .errors import UserError
+from .mup import MupScales, fold_rope_scaling, tied
 from .official import check_activation
-from .mup import MupScales, fold_plan, fold_rope_scaling, tied
-from .shapes import MLA_KEYS, check_checkpoint, check_shape, check_shapes, minicpm3_shapes
+from .shapes import check_checkpoint, check_shape
 
 Make = Callable[[], torch.Tensor]
 
@@ -200,7 +199,7 @@ def plan_minicpm(ckpt: Checkpoint) -> GGUFPlan:
     check_checkpoint(ckpt)
     check_activation(config, ckpt.path / "config.json")
     scales = MupScales.from_config(config, ckpt.path / "config.json")
-    plan = GGUFPlan("minicpm", ckpt.family, model_name(ckpt), vocab_rows=config["vocab_size"])
+    plan = GGUFPlan("minicpm", ckpt.family.name, model_name(ckpt), vocab_rows=config["vocab_size"])
     _common_keys(plan, config, config["intermediate_size"])
     head_dim = _head_dim_keys(plan, config)
     plan.key("add_embedding_scale", scales.embedding)
@@ -225,8 +224,8 @@ def plan_minicpm(ckpt: Checkpoint) -> GGUFPlan:
 def plan_llama(ckpt: Checkpoint) -> GGUFPlan:
     """The muP-folded model (or a Llama/Mixtral checkpoint) as llama.cpp's `llama` architecture."""
     config = ckpt.config
-    folded = {t.name: t for t in fold_plan(ckpt)}
-    plan = GGUFPlan("llama", ckpt.family, model_name(ckpt), vocab_rows=config["vocab_size"])
+    folded = {t.name: t for t in ckpt.family.fold_plan(ckpt)}
+    plan = GGUFPlan("llama", ckpt.family.name, model_name(ckpt), vocab_rows=config["vocab_size"])
     _common_keys(plan, config, config["intermediate_size"])
     head_dim = _head_dim_keys(plan, config)
     plan.key("add_vocab_size", config["vocab_size"])
@@ -237,75 +236,10 @@ def plan_llama(ckpt: Checkpoint) -> GGUFPlan:
     return plan
 
 
-# --- MiniCPM3 (multi-head latent attention) -------------------------------------------------------
-LLAMA_CPP_MINICPM3 = {"scale_emb": 12.0, "scale_depth": 1.4, "dim_model_base": 256.0}  # minicpm3.cpp constants
-
-
-def plan_minicpm3(ckpt: Checkpoint) -> GGUFPlan:
-    config, where = ckpt.config, ckpt.path / "config.json"
-    expected = minicpm3_shapes(config, where)
-    check_shapes(ckpt, expected)
-    check_activation(config, where)
-    H, L = config["hidden_size"], config["num_hidden_layers"]
-    ql, kvl, nope, rope, vd = (config[k] for k in MLA_KEYS)
-    plan = GGUFPlan("minicpm3", ckpt.family, model_name(ckpt), vocab_rows=config["vocab_size"])
-    _common_keys(plan, config, config["intermediate_size"])
-    plan.key("add_vocab_size", config["vocab_size"])
-    plan.key("add_q_lora_rank", ql)
-    plan.key("add_kv_lora_rank", kvl)
-    plan.key("add_key_length", nope + rope)
-    plan.key("add_value_length", vd)
-    plan.key("add_rope_dimension_count", rope)
-    _rope_keys(plan, config, rope, where, as_freqs=False)
-
-    # the config's muP values (official defaults already filled in), as ratios to llama.cpp's constants
-    emb = float(config["scale_emb"]) / LLAMA_CPP_MINICPM3["scale_emb"]
-    residual = float(config["scale_depth"]) / LLAMA_CPP_MINICPM3["scale_depth"]
-    logit = float(config["dim_model_base"]) / LLAMA_CPP_MINICPM3["dim_model_base"]
-
-    get = lambda name, factor=1.0: _scaled(lambda: ckpt.get(name), factor)  # noqa: E731
-    plan.tensors.append(GGUFTensor("token_embd.weight", expected["model.embed_tokens.weight"],
-                                   [get("model.embed_tokens.weight", emb)], "weight"))
-    names = {"q_a_proj": "attn_q_a", "q_a_layernorm": "attn_q_a_norm", "q_b_proj": "attn_q_b",
-             "kv_a_proj_with_mqa": "attn_kv_a_mqa", "kv_a_layernorm": "attn_kv_a_norm", "kv_b_proj": "attn_kv_b",
-             "o_proj": "attn_output"}
-    for i in range(L):
-        p, b = f"model.layers.{i}.", f"blk.{i}."
-        plan.tensors.append(GGUFTensor(b + "attn_norm.weight", (H,), [get(p + "input_layernorm.weight")], "f32"))
-        for hf, gg in names.items():
-            src = p + f"self_attn.{hf}.weight"
-            role = "f32" if hf.endswith("layernorm") else "weight"
-            plan.tensors.append(GGUFTensor(b + f"{gg}.weight", expected[src],
-                                           [get(src, residual if hf == "o_proj" else 1.0)], role))
-        plan.tensors += [
-            GGUFTensor(b + "ffn_norm.weight", (H,), [get(p + "post_attention_layernorm.weight")], "f32"),
-            GGUFTensor(b + "ffn_gate.weight", expected[p + "mlp.gate_proj.weight"], [get(p + "mlp.gate_proj.weight")]),
-            GGUFTensor(b + "ffn_down.weight", expected[p + "mlp.down_proj.weight"],
-                       [get(p + "mlp.down_proj.weight", residual)]),
-            GGUFTensor(b + "ffn_up.weight", expected[p + "mlp.up_proj.weight"], [get(p + "mlp.up_proj.weight")]),
-        ]
-    plan.tensors.append(GGUFTensor("output_norm.weight", (H,), [get("model.norm.weight")], "f32"))
-    is_tied = tied(config, ckpt)
-    if is_tied and emb == logit == 1.0:
-        plan.tensors[0].role = "head"  # llama.cpp reuses token_embd as the output projection
-    else:
-        src = "model.embed_tokens.weight" if is_tied else "lm_head.weight"
-        check_shape(ckpt, src, expected["model.embed_tokens.weight"])
-        plan.tensors.append(GGUFTensor("output.weight", expected["model.embed_tokens.weight"],
-                                       [get(src, logit)], "head"))
-    return plan
-
-
 def plan_gguf(src, fold: bool = False) -> tuple[Checkpoint, GGUFPlan]:
+    """The checkpoint at SRC and its GGUF plan: the family's own architecture, or with `fold` the
+    muP-folded `llama` (families that have one)."""
     ckpt = Checkpoint(src)
-    if ckpt.family == "minicpm3":
-        if fold:
-            raise UsageError(f"{ckpt.path}: MiniCPM3 uses multi-head latent attention, which has no Llama "
-                             "equivalent; convert it without --fold (GGUF architecture minicpm3)")
-        plan = plan_minicpm3(ckpt)
-    elif fold or ckpt.family in ("llama", "mixtral"):
-        plan = plan_llama(ckpt)
-    else:
-        plan = plan_minicpm(ckpt)
+    plan = ckpt.family.gguf_plan(ckpt, fold)
     plan.source_dtype = ckpt.info("model.embed_tokens.weight").dtype
     return ckpt, plan

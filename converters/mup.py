@@ -14,19 +14,10 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import Checkpoint
 from .errors import UserError
 from .official import check_activation
-from .shapes import check_shapes, shapes
-
-
-@dataclass
-class OutTensor:
-    """A tensor of the output model: its name, shape and how to compute it on demand."""
-    name: str
-    shape: tuple[int, ...]
-    make: Callable[[], torch.Tensor]
-    source_dtype: torch.dtype
+from .shapes import check_shapes
+from .tensors import OutTensor
 
 
 @dataclass(frozen=True)
@@ -45,18 +36,17 @@ class MupScales:
         )
 
 
-def tied(config: dict, ckpt: Checkpoint) -> bool:
-    # MiniCPM's config class defaults to tied embeddings, Llama's and Mixtral's to untied;
+def tied(config: dict, ckpt) -> bool:
+    # MiniCPM's config classes default to tied embeddings, Llama's and Mixtral's to untied;
     # a tied checkpoint may omit lm_head.
-    default = ckpt.family.startswith("minicpm")
-    return config.get("tie_word_embeddings", default) or "lm_head.weight" not in ckpt
+    return config.get("tie_word_embeddings", ckpt.family.tied_by_default) or "lm_head.weight" not in ckpt
 
 
-def _scaled(ckpt: Checkpoint, name: str, factor: float) -> Callable[[], torch.Tensor]:
+def _scaled(ckpt, name: str, factor: float) -> Callable[[], torch.Tensor]:
     return lambda: ckpt.get(name).to(torch.float32) * factor
 
 
-def _copied(ckpt: Checkpoint, name: str) -> Callable[[], torch.Tensor]:
+def _copied(ckpt, name: str) -> Callable[[], torch.Tensor]:
     return lambda: ckpt.get(name)
 
 
@@ -72,7 +62,7 @@ def fold_rope_scaling(config: dict) -> dict | None:
     from different keys: transformers 4.43-4.5x needs `factor` (a TypeError without it) and takes
     `original` from the config's top level (else it uses max, giving 1.0801 for 1.0954 at 64k/32k);
     transformers 5 reads both from rope_parameters; vLLM's Llama reads original from rope_scaling and
-    max from the config. So `factor` = max / original goes inside, and folded_config repeats
+    max from the config. So `factor` = max / original goes inside, and rope_fields repeats
     original_max_position_embeddings at the top level.
     """
     rs = config.get("rope_scaling")
@@ -91,28 +81,26 @@ def fold_rope_scaling(config: dict) -> dict | None:
     return rs
 
 
-def _rope_fields(config: dict, minicpm: bool) -> dict:
+def rope_fields(config: dict, fold_factors: bool) -> dict:
     """rope_scaling as every Llama runtime reads it, and LongRoPE's original context at the top level.
 
-    A Llama input keeps its factors (its semantics are Llama's): it only gains the keys it lacks."""
+    A MiniCPM gets the factor set its own code uses in both slots (fold_factors); a Llama input keeps
+    its factors (its semantics are Llama's) and only gains the keys it lacks."""
     rs = fold_rope_scaling(config)
-    if rs and not minicpm:
+    if rs and not fold_factors:
         rs = config["rope_scaling"] | {k: v for k, v in rs.items() if k not in config["rope_scaling"]}
     if not rs or rs.get("rope_type") != "longrope":
         return {"rope_scaling": rs} if rs else {}
     return {"rope_scaling": rs, "original_max_position_embeddings": rs["original_max_position_embeddings"]}
 
 
-def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
-    """The Llama (dense) or Mixtral (MoE) config.json with the same function and no muP fields."""
-    if family in ("llama", "mixtral"):  # already plain: keep every field, untie the written head
-        out = {k: v for k, v in config.items() if k not in ("auto_map", "_name_or_path", "dtype")}
-        out |= {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
-        return out | _rope_fields(out, minicpm=False)
+def llama_config(config: dict, dtype: torch.dtype, architecture: str, model_type: str) -> dict:
+    """The Llama-shaped config.json fields of a MiniCPM config, with no muP fields (a family adds its
+    own: Mixtral's experts, Llama's mlp_bias)."""
     H, nh = config["hidden_size"], config["num_attention_heads"]
-    out = {
-        "architectures": ["MixtralForCausalLM" if family == "minicpm-moe" else "LlamaForCausalLM"],
-        "model_type": "mixtral" if family == "minicpm-moe" else "llama",
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": H,
         "intermediate_size": config["intermediate_size"],
         "num_hidden_layers": config["num_hidden_layers"],
@@ -123,7 +111,7 @@ def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
         "max_position_embeddings": config.get("max_position_embeddings", 4096),
         "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
         "rope_theta": config.get("rope_theta", 10000.0),
-        "rope_scaling": fold_rope_scaling(config),
+        **rope_fields(config, fold_factors=True),
         "hidden_act": config.get("hidden_act", "silu"),
         "initializer_range": config.get("initializer_range", 0.02),
         "attention_bias": False,
@@ -135,30 +123,18 @@ def folded_config(config: dict, family: str, dtype: torch.dtype) -> dict:
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
-    out |= _rope_fields(config | {"max_position_embeddings": out["max_position_embeddings"]}, minicpm=True)
-    if family == "minicpm-moe":
-        out |= {"num_local_experts": config["num_experts"], "num_experts_per_tok": config["num_experts_per_tok"],
-                "router_aux_loss_coef": config.get("router_aux_loss_coef", 0.0), "sliding_window": None,
-                "output_router_logits": False}
-    else:
-        out["mlp_bias"] = False
-    return out
 
 
-def fold_plan(ckpt: Checkpoint) -> list[OutTensor]:
-    """The folded model's tensors, in order, each computed from the checkpoint when asked for."""
+def fold_plan(ckpt) -> list[OutTensor]:
+    """The folded model's tensors, in order, each computed from the checkpoint when asked for.
+
+    A Llama-shaped family folds its scales (none for a plain Llama); a family with no Llama
+    equivalent (MLA) refuses in its own `fold_plan`, which calls this one otherwise."""
     config, family = ckpt.config, ckpt.family
-    if family == "minicpm3":
-        raise UserError(
-            f"{ckpt.path}: MiniCPM3 uses multi-head latent attention, which has no Llama equivalent; "
-            "convert it with --to gguf, or load it directly (transformers has native minicpm3)", code=2)
-    expected = shapes(config, family, ckpt.path / "config.json")
+    expected = family.shapes(config, ckpt.path / "config.json")
     check_shapes(ckpt, expected)
     check_activation(config, ckpt.path / "config.json")
-    if family in ("llama", "mixtral"):
-        scales = MupScales(1.0, 1.0, 1.0)
-    else:
-        scales = MupScales.from_config(config, ckpt.path / "config.json")
+    scales = family.mup_scales(config, ckpt.path / "config.json")
     plan = []
     for name, shape in expected.items():
         out_name = name.replace(".mlp.gate.", ".block_sparse_moe.gate.").replace(

@@ -1,7 +1,8 @@
 """What OpenBMB's own code assumes where a published config.json is silent, and what no runtime here has.
 
-A published config may omit keys its configuration class defaults. Every path (GGUF plan, in-memory
-fold, transformers) reads the completed config, so a missing key means the same thing everywhere:
+A published config may omit keys its configuration class defaults. Each family fills them in
+(Family.complete, from the values here) when a Checkpoint is opened, and every path (GGUF plan,
+in-memory fold, transformers) reads the completed config, so a missing key means the same everywhere:
 
 - muP: `MiniCPMConfig` (MiniCPM 1/2/4, MoE) and `MiniCPM3Config` both default scale_emb = scale_depth =
   dim_model_base = 1 (transformers' own MiniCPM3Config says 12 / 1.4 / 256, llama.cpp's graph
@@ -20,7 +21,6 @@ import sys
 
 from .errors import UserError
 
-MINICPM_FAMILIES = ("minicpm", "minicpm-moe", "minicpm3")
 MUP_DEFAULTS = {"scale_emb": 1, "scale_depth": 1, "dim_model_base": 1}  # ints, as the classes declare
 
 _said: set[str] = set()
@@ -35,22 +35,6 @@ def notice(message: str) -> None:
 
 def forget_notices() -> None:
     _said.clear()
-
-
-def complete(config: dict, family: str) -> tuple[dict, list[str]]:
-    """(config with the official defaults filled in, 'key=value (default)' for each one filled)."""
-    if family not in MINICPM_FAMILIES:
-        return config, []
-    config, used = dict(config), []
-    for key, value in MUP_DEFAULTS.items():
-        if config.get(key) is None:
-            config[key] = value
-            used.append(f"{key}={value:g}")
-    if family == "minicpm3" and config.get("v_head_dim") is None and isinstance(config.get("hidden_size"), int) \
-            and isinstance(config.get("num_attention_heads"), int) and config["num_attention_heads"] > 0:
-        config["v_head_dim"] = config["hidden_size"] // config["num_attention_heads"]
-        used.append(f"v_head_dim={config['v_head_dim']}")
-    return config, used
 
 
 def runtime_notes(config: dict, where) -> list[str]:

@@ -12,16 +12,9 @@ from typing import Callable, Iterable
 
 import torch
 
-from .mup import OutTensor
+from .tensors import OutTensor, nbytes
 
 DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
-def nbytes(t: OutTensor, dtype: torch.dtype) -> int:
-    n = dtype.itemsize
-    for d in t.shape:
-        n *= d
-    return n
 
 
 def split_shards(tensors: list[OutTensor], dtype: torch.dtype, max_shard_bytes: int) -> list[list[OutTensor]]:

@@ -5,14 +5,14 @@ with one line naming the tensor instead of a shape error deep inside a fold or a
 """
 from __future__ import annotations
 
-from .checkpoint import Checkpoint
 from .errors import UserError
 
 REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
-def shapes(config: dict, family: str, where) -> dict[str, tuple[int, ...]]:
-    """Every tensor name a MiniCPM 1/2/MoE (or Llama/Mixtral) checkpoint must hold, with its shape."""
+def llama_shapes(config: dict, where, moe: bool = False, mlp: str = "mlp") -> dict[str, tuple[int, ...]]:
+    """Every tensor name a Llama-shaped checkpoint (MiniCPM 1/2/4/MoE, Llama, Mixtral) must hold, with its
+    shape; MoE experts and router live under `mlp` (Mixtral: block_sparse_moe)."""
     missing = [k for k in REQUIRED if not isinstance(config.get(k), int)]
     if missing:
         raise UserError(f"{where}: config lacks {', '.join(missing)}")
@@ -20,8 +20,6 @@ def shapes(config: dict, family: str, where) -> dict[str, tuple[int, ...]]:
     nh = config["num_attention_heads"]
     nkv = config.get("num_key_value_heads") or nh
     hd = config.get("head_dim") or H // nh
-    moe = family in ("minicpm-moe", "mixtral")
-    mlp = "block_sparse_moe" if family == "mixtral" else "mlp"
     out = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
     for i in range(L):
         p = f"model.layers.{i}."
@@ -42,13 +40,13 @@ def shapes(config: dict, family: str, where) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_shape(ckpt: Checkpoint, name: str, shape: tuple[int, ...]) -> None:
+def check_shape(ckpt, name: str, shape: tuple[int, ...]) -> None:
     got = ckpt.info(name).shape
     if got != shape:
         raise UserError(f"{ckpt.path}: tensor {name} has shape {list(got)} but config.json implies {list(shape)}")
 
 
-def check_shapes(ckpt: Checkpoint, expected: dict[str, tuple[int, ...]]) -> None:
+def check_shapes(ckpt, expected: dict[str, tuple[int, ...]]) -> None:
     for name, shape in expected.items():
         check_shape(ckpt, name, shape)
     ignorable = ("rotary_emb.inv_freq",)
@@ -57,37 +55,6 @@ def check_shapes(ckpt: Checkpoint, expected: dict[str, tuple[int, ...]]) -> None
         raise UserError(f"{ckpt.path}: unexpected tensor {extra[0]} for a {ckpt.family} checkpoint")
 
 
-MLA_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
-
-
-def minicpm3_shapes(config: dict, where) -> dict[str, tuple[int, ...]]:
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                           "vocab_size") + MLA_KEYS if not isinstance(config.get(k), int)]
-    if missing:
-        raise UserError(f"{where}: config lacks {', '.join(missing)}")
-    H, L, V, I, nh = (config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size",
-                                          "num_attention_heads"))
-    ql, kvl, nope, rope, vd = (config[k] for k in MLA_KEYS)
-    out = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        out |= {
-            p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-            p + "self_attn.q_a_proj.weight": (ql, H), p + "self_attn.q_a_layernorm.weight": (ql,),
-            p + "self_attn.q_b_proj.weight": (nh * (nope + rope), ql),
-            p + "self_attn.kv_a_proj_with_mqa.weight": (kvl + rope, H),
-            p + "self_attn.kv_a_layernorm.weight": (kvl,),
-            p + "self_attn.kv_b_proj.weight": (nh * (nope + vd), kvl),
-            p + "self_attn.o_proj.weight": (H, nh * vd),
-            p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H), p + "mlp.down_proj.weight": (H, I),
-        }
-    return out
-
-
-def check_checkpoint(ckpt: Checkpoint) -> None:
+def check_checkpoint(ckpt) -> None:
     """Every tensor present with the shape config.json implies, and no unexpected ones."""
-    where = ckpt.path / "config.json"
-    if ckpt.family == "minicpm3":
-        check_shapes(ckpt, minicpm3_shapes(ckpt.config, where))
-    else:
-        check_shapes(ckpt, shapes(ckpt.config, ckpt.family, where))
+    check_shapes(ckpt, ckpt.family.shapes(ckpt.config, ckpt.path / "config.json"))

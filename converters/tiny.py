@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .safetensors_out import write_sharded
-from .mup import OutTensor
+from .tensors import OutTensor
 
 FAMILIES = ("dense-gqa-tied", "dense-mha-untied", "minicpm4", "moe", "minicpm3")
 MINICPM_AUTO_MAP = {"AutoConfig": "configuration_minicpm.MiniCPMConfig",

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import TOKENIZER_FILES
-from .mup import OutTensor
+from .families import family_of
 from .safetensors_out import write_sharded
-from .shapes import minicpm3_shapes, shapes
+from .tensors import OutTensor
 
 VISION_KEYS = ("vision_config", "slice_config", "slice_mode", "image_size", "patch_size", "query_num",
                "batch_vision_input", "drop_vision_last_layer", "use_image_id", "vision_batch_size",
@@ -94,16 +94,12 @@ def shrink(config: dict) -> dict:
 
 
 def weight_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the published layout, as OpenBMB's / transformers' modeling code names it."""
-    arch = (config.get("architectures") or [""])[0]
-    if arch == "MiniCPM3ForCausalLM":
-        # OpenBMB's MiniCPM3 attention sizes v by hidden_size // heads whatever the config says
-        out = minicpm3_shapes(config | {"v_head_dim": config["hidden_size"] // config["num_attention_heads"]},
-                              "config")
-    else:
-        out = shapes(config, "minicpm-moe" if config.get("num_experts") else "minicpm", "config")
-    default_tied = arch.startswith("MiniCPM")  # MiniCPM's config classes tie by default, Llama's does not
-    if not config.get("tie_word_embeddings", default_tied):
+    """Every tensor of the published layout, as OpenBMB's / transformers' modeling code names it
+    (sizes from the config as OpenBMB's code completes it: MiniCPM3's v_head_dim = hidden // heads)."""
+    family = family_of(config, "config")
+    config = family.complete(config)[0]
+    out = family.shapes(config, "config")
+    if not config.get("tie_word_embeddings", family.tied_by_default):
         out["lm_head.weight"] = (config["vocab_size"], config["hidden_size"])
     return out
 

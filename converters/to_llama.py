@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 
 from .atomic import atomic_output
-from .checkpoint import DTYPE_NAMES, Checkpoint
+from .checkpoint import Checkpoint
 from .errors import UsageError
-from .mup import fold_plan, folded_config
-from .safetensors_out import nbytes, write_sharded
+from .safetensors_out import write_sharded
+from .tensors import OutTensor, declared_dtype, nbytes, resolve_dtype
 from .tokenizer import copy_tokenizer_files
 
 @dataclass
@@ -34,30 +34,44 @@ def parse_size(text: str) -> int:
 
 
 def output_dtype(name: str, ckpt: Checkpoint) -> torch.dtype:
-    if name == "auto":
-        declared = ckpt.config.get("torch_dtype") or ckpt.config.get("dtype")
-        return DTYPE_NAMES.get(declared) or ckpt.info("model.embed_tokens.weight").dtype
-    if name not in DTYPE_NAMES:
-        raise UsageError(f"--dtype {name}: expected one of auto, bf16, f16, f32")
-    return DTYPE_NAMES[name]
+    """auto: the dtype config.json declares, else the embedding's."""
+    return resolve_dtype(name, lambda: declared_dtype(ckpt.config) or ckpt.info("model.embed_tokens.weight").dtype)
 
 
-def plan_llama(src: Path | str, dtype: str = "auto"):
-    """Read and check SRC; return (checkpoint, output dtype, output config, folded tensors)."""
+@dataclass
+class LlamaPlan:
+    """Everything `--to llama` writes, checked and sized before any weight is read."""
+    ckpt: Checkpoint
+    dtype: torch.dtype
+    config: dict
+    tensors: list[OutTensor]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(nbytes(t, self.dtype) for t in self.tensors)
+
+
+def plan_llama(src: Path | str, dtype: str = "auto") -> LlamaPlan:
+    """Read and check SRC: the folded tensors, their dtype and the output config."""
     ckpt = Checkpoint(src)
-    plan = fold_plan(ckpt)
+    tensors = ckpt.family.fold_plan(ckpt)
     out_dtype = output_dtype(dtype, ckpt)
-    return ckpt, out_dtype, folded_config(ckpt.config, ckpt.family, out_dtype), plan
+    return LlamaPlan(ckpt, out_dtype, ckpt.family.folded_config(ckpt.config, out_dtype), tensors)
+
+
+def write_llama(plan: LlamaPlan, out: Path | str, force: bool = False, max_shard_size: str = "4GB",
+                on_tensor: Callable[[str, int], None] | None = None) -> ConvertResult:
+    """Write a plan as a Llama/Mixtral folder at OUT (atomically)."""
+    limit = parse_size(max_shard_size)
+    with atomic_output(Path(out), force) as tmp:
+        files = write_sharded(tmp, plan.tensors, plan.dtype, limit, on_tensor)
+        (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
+        files += ["config.json"] + copy_tokenizer_files(plan.ckpt.path, tmp)
+    return ConvertResult(plan.ckpt.family.name, plan.config["architectures"][0],
+                         str(plan.dtype).removeprefix("torch."), len(plan.tensors), plan.total_bytes, files)
 
 
 def convert_to_llama(src: Path | str, out: Path | str, dtype: str = "auto", force: bool = False,
                      max_shard_size: str = "4GB",
                      on_tensor: Callable[[str, int], None] | None = None) -> ConvertResult:
-    ckpt, out_dtype, config, plan = plan_llama(src, dtype)
-    limit = parse_size(max_shard_size)
-    with atomic_output(Path(out), force) as tmp:
-        files = write_sharded(tmp, plan, out_dtype, limit, on_tensor)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        files += ["config.json"] + copy_tokenizer_files(ckpt.path, tmp)
-    return ConvertResult(ckpt.family, config["architectures"][0], str(out_dtype).removeprefix("torch."),
-                         len(plan), sum(nbytes(t, out_dtype) for t in plan), files)
+    return write_llama(plan_llama(src, dtype), out, force, max_shard_size, on_tensor)

@@ -24,8 +24,14 @@ def _root() -> None:
     """Convert, quantize, measure and chat with MiniCPM models."""
 
 
-# Each verb lives in its own module and registers itself on `app`.
-from . import chat, convert, eval_ppl, inspect, quantize  # noqa: E402,F401
+# Each verb lives in its own module, which never imports this one; the table below registers them.
+from . import chat, convert, eval_ppl, inspect_verb, quantize  # noqa: E402
+
+app.command()(chat.chat)
+app.command()(convert.convert)
+app.command("eval-ppl")(eval_ppl.eval_ppl)
+app.command()(inspect_verb.inspect)
+app.command()(quantize.quantize)
 
 
 def main() -> None:

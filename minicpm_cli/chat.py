@@ -12,7 +12,6 @@ from rich.text import Text
 
 from converters.atomic import atomic_output
 from converters.errors import UsageError, UserError
-from .app import app
 from .ui import console, err_console, stage
 
 HELP = """commands:
@@ -75,8 +74,7 @@ class ChatSession:
 
     def close(self) -> None:
         """Free llama.cpp's model now (left to interpreter shutdown, its finaliser prints a traceback)."""
-        if self.model.backend == "gguf":
-            self.model.model.close()
+        self.model.close()
 
     def transcript(self) -> dict:
         s = self.sampling
@@ -190,13 +188,11 @@ def one_shot(session: ChatSession, text: str) -> None:
 def open_session(model_path: Path, sampling, system: str | None = None, device: str = "auto",
                  context: int | None = None, template: Path | None = None, threads: int | None = None):
     """Load a model and its chat format: a ChatSession ready for reply()."""
-    import torch
     from transformers.utils import logging as transformers_logging
 
-    from converters.gguf_read import gguf_metadata, is_gguf
     from runtime.chat_prompt import chat_format, end_of_turn_ids
-    from runtime.generate import Generator, set_gguf_threads
-    from runtime.load import load_gguf, load_model, resolve_device
+    from runtime.generate import Generator
+    from runtime.load import open_model
 
     if not model_path.exists():
         raise UsageError(f"{model_path}: no such file or directory")
@@ -213,28 +209,15 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
     transformers_logging.set_verbosity_error()  # config advice and loading bars are not for a chat screen
     transformers_logging.disable_progress_bar()
     with err_console.status(f"loading {model_path.name}"):
-        if is_gguf(model_path):
-            # llama.cpp allocates the whole context up front: no more than the model was trained for
-            meta = gguf_metadata(model_path)
-            trained = meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", DEFAULT_CONTEXT)
-            # chat needs logits for the last token only (logits_all would cost prefill time and memory)
-            model = load_gguf(model_path, n_ctx=context or min(int(trained), DEFAULT_CONTEXT), threads=threads,
-                              device=resolve_device(device), logits_all=False)
-            if threads:
-                set_gguf_threads(model.model, threads)
-        else:
-            if threads:
-                torch.set_num_threads(threads)
-            model = load_model(model_path, device=device)
-    n_ctx = context or min(model.max_positions or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-    if model.backend == "gguf":
-        n_ctx = min(n_ctx, model.model.n_ctx())
+        # GGUF: llama.cpp allocates the context up front (no more than trained for, at most
+        # DEFAULT_CONTEXT), and chat needs logits for the last token only (logits_all costs prefill time)
+        model = open_model(model_path, device, n_ctx=context, threads=threads, logits_all=False)
+    n_ctx = model.context_room(context or min(model.max_positions or DEFAULT_CONTEXT, DEFAULT_CONTEXT))
     fmt = chat_format(model, template_text)
     generator = Generator(model, n_ctx, end_of_turn_ids(model, fmt))
     return ChatSession(model, fmt, generator, sampling, system)
 
 
-@app.command()
 @stage
 def chat(
     model: Path = typer.Argument(..., help="MiniCPM / llama-format / quantized / MiniCPM3 folder, or a .gguf file."),

@@ -8,8 +8,7 @@ from pathlib import Path
 import typer
 
 from converters.atomic import check_output
-from .app import app
-from .ui import byte_progress, console, human_bytes, stage, table, write_json
+from .ui import byte_progress, console, human_bytes, jsonable, stage, table, write_json
 
 
 class Target(str, Enum):
@@ -17,7 +16,6 @@ class Target(str, Enum):
     gguf = "gguf"
 
 
-@app.command()
 @stage
 def convert(
     src: Path = typer.Argument(..., help="MiniCPM Hugging Face folder (config.json + weights + tokenizer)."),
@@ -48,23 +46,22 @@ def convert(
             *detail, ["time", f"{seconds:.2f} s"]]
     console.print(table("convert", ["", "value"], rows))
     if json_out:
-        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **vars(result)})
+        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **jsonable(result)})
 
 
 def _convert_llama(src: Path, out: Path, dtype: str, max_shard_size: str, force: bool):
-    from converters.safetensors_out import nbytes
-    from converters.to_llama import convert_to_llama, plan_llama
+    from converters.to_llama import plan_llama, write_llama
 
-    _, out_dtype, _, plan = plan_llama(src, dtype)  # validate before showing a bar
-    total = sum(nbytes(t, out_dtype) for t in plan)
-    with byte_progress(total, f"folding {src.name} -> {out.name}") as advance:
-        return convert_to_llama(src, out, dtype, force, max_shard_size, advance)
+    plan = plan_llama(src, dtype)  # read and check once, before showing a bar
+    with byte_progress(plan.total_bytes, f"folding {src.name} -> {out.name}") as advance:
+        return write_llama(plan, out, force, max_shard_size, advance)
 
 
 def _convert_gguf(src: Path, out: Path, outtype: str, fold: bool, imatrix: Path | None, force: bool):
-    from converters.gguf_export import KQUANT_FTYPES, convert_to_gguf, plan_bytes, prepare
+    from converters.gguf_export import KQUANT_FTYPES, prepare, write_prepared
 
-    _, plan, _, outtype = prepare(src, outtype, fold, imatrix)  # validate before showing a bar
-    step = f"writing {out.name}" if outtype not in KQUANT_FTYPES else f"writing f16/f32 for {outtype}"
-    with byte_progress(plan_bytes(plan, outtype), f"{src.name} -> {step}") as advance:
-        return convert_to_gguf(src, out, outtype, fold, force, imatrix, advance)
+    prepared = prepare(src, outtype, fold, imatrix)  # read and check once, before showing a bar
+    kquant = prepared.outtype in KQUANT_FTYPES
+    step = f"writing f16/f32 for {prepared.outtype}" if kquant else f"writing {out.name}"
+    with byte_progress(prepared.total_bytes, f"{src.name} -> {step}") as advance:
+        return write_prepared(prepared, out, force, advance)

@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from converters.atomic import check_output
 from converters.errors import UsageError
-from .app import app
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
@@ -45,7 +44,6 @@ def _pm(value: float, err: float) -> str:
     return f"{value:.4f} ± {err:.4f}" if value < 100 else f"{value:.2f} ± {err:.2f}"
 
 
-@app.command("eval-ppl")
 @stage
 def eval_ppl(
     models: list[Path] = typer.Argument(..., help="MiniCPM/Llama/MiniCPM3 folders, quantized folders or .gguf files."),
@@ -111,7 +109,7 @@ def eval_ppl(
                       highlight=False, markup=False)
     if json_out:
         write_json(json_out, {"dataset": source, "ctx": ctx, "stride": stride, "device": result.device,
-                              "models": [r.as_json() for r in result.results]})
+                              "models": result.results})
     if plot:
         from runtime.plot import plot_ppl_vs_size
 
@@ -129,4 +127,4 @@ def _render_compare(c, source: str, ctx: int, json_out: Path | None) -> None:
     if c.note:
         console.print(f"note: {c.note}", highlight=False, markup=False)
     if json_out:
-        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": vars(c)})
+        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": c})

@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .app import app
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
@@ -48,7 +47,6 @@ def layer_progress():
             bars.stop()
 
 
-@app.command()
 @stage
 def quantize(
     src: Path = typer.Argument(..., help="MiniCPM 1/2/4, MiniCPM-MoE or MiniCPM3 folder, or a Llama/Mixtral folder."),
@@ -70,7 +68,7 @@ def quantize(
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
 ):
     """Quantize a model to 4/8 bits with AWQ, GPTQ or bitsandbytes; OUT loads in transformers and vLLM."""
-    from quant.quantize import QuantizeOptions, quantize as run_quantize, result_dict
+    from quant.quantize import QuantizeOptions, quantize as run_quantize
 
     opts = QuantizeOptions(
         method=method.value, bits=bits, group_size=group_size, calib=calib, num_samples=num_samples,
@@ -89,4 +87,4 @@ def quantize(
             ["device", result.device], ["time", f"{result.seconds:.1f} s"]] + [["note", n] for n in result.notes]
     console.print(table("quantize", ["", "value"], rows))
     if json_out:
-        write_json(json_out, result_dict(result))
+        write_json(json_out, result)

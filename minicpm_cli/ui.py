@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -54,8 +55,23 @@ def table(title: str, columns: list[str], rows: list[list]) -> Table:
     return t
 
 
+def jsonable(data):
+    """Results as JSON values: dataclasses become objects of their fields (less those marked
+    metadata={"json": False}), paths strings; the one conversion every verb's --json goes through."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return {f.name: jsonable(getattr(data, f.name)) for f in dataclasses.fields(data)
+                if f.metadata.get("json", True)}
+    if isinstance(data, dict):
+        return {k: jsonable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [jsonable(v) for v in data]
+    if isinstance(data, Path):
+        return str(data)
+    return data
+
+
 def write_json(path, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    Path(path).write_text(json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def human_bytes(n: float) -> str:

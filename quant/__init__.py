@@ -1,1 +1,2 @@
-"""Quantizers: AWQ/GPTQ through llm-compressor, bitsandbytes, and the RTN baseline (see quantize.py)."""
+"""Quantizers: `quantize.py` runs prepare -> quantize -> save with one METHODS entry per method
+(AWQ/GPTQ through llm-compressor in `llmc.py`, bitsandbytes in `bnb.py`)."""

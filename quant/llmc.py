@@ -3,7 +3,7 @@
 llm-compressor runs the model one decoder layer at a time (its "sequential pipeline"): it feeds the
 calibration rows through a layer, quantizes that layer (GPTQ) or searches its smoothing scales
 (AWQ), then propagates the quantized layer's outputs to the next one. We hook the end of each layer
-to drive our progress bar (`quant.quiet` keeps its own bars and logs off the terminal).
+to drive our progress bar (`converters.quiet` keeps its own bars and logs off the terminal).
 """
 from __future__ import annotations
 
@@ -73,24 +73,8 @@ def scheme(bits: int, group_size: int, symmetric: bool, act_order: bool | None, 
     return {"group_0": QuantizationScheme(targets=targets, weights=weights)}
 
 
-def minicpm3_awq_mappings():
-    """Which norm/linear feeds which layers in MiniCPM3's MLA attention, for AWQ's scale search.
-
-    llm-compressor picks mappings by architecture and falls back to Llama's (q/k/v_proj), which
-    MLA does not have. Each norm's output feeds the listed projections only; the attention output
-    path (kv_b_proj's value half -> o_proj) is mixed per head with the key half, so it is not smoothed.
-    """
-    from llmcompressor.modifiers.transform.awq import AWQMapping
-
-    return [AWQMapping("re:.*input_layernorm$", ["re:.*q_a_proj$", "re:.*kv_a_proj_with_mqa$"]),
-            AWQMapping("re:.*q_a_layernorm$", ["re:.*q_b_proj$"]),
-            AWQMapping("re:.*kv_a_layernorm$", ["re:.*kv_b_proj$"]),
-            AWQMapping("re:.*post_attention_layernorm$", ["re:.*gate_proj$", "re:.*up_proj$"]),
-            AWQMapping("re:.*up_proj$", ["re:.*down_proj$"])]
-
-
 def recipe(method: str, bits: int, group_size: int, symmetric: bool, act_order: bool | None, ignore: list[str],
-           model_type: str = "llama") -> list:
+           awq_mappings: list | None = None) -> list:
     """llm-compressor modifiers: AWQ (scale search, then clip search and rounding) or GPTQ."""
     if method == "awq":
         # AWQ is a scale search *and* a clip search (AutoAWQ's apply_clip, which the seeds ran).
@@ -101,8 +85,7 @@ def recipe(method: str, bits: int, group_size: int, symmetric: bool, act_order: 
         from llmcompressor.modifiers.quantization import QuantizationModifier
         from llmcompressor.modifiers.transform import AWQModifier
 
-        mappings = minicpm3_awq_mappings() if model_type == "minicpm3" else None
-        return [AWQModifier(mappings=mappings), QuantizationModifier(config_groups=groups, ignore=ignore)]
+        return [AWQModifier(mappings=awq_mappings), QuantizationModifier(config_groups=groups, ignore=ignore)]
     groups = scheme(bits, group_size, symmetric, act_order, ["Linear"])
     from llmcompressor.modifiers.quantization import GPTQModifier
 
@@ -111,8 +94,9 @@ def recipe(method: str, bits: int, group_size: int, symmetric: bool, act_order: 
 
 def oneshot_quantize(model, tokenizer, rows: list[list[int]], method: str, bits: int, group_size: int,
                      symmetric: bool, act_order: bool | None, ignore: list[str], workdir: Path,
-                     on_layer: Callable[[], None] | None = None):
-    """Quantize `model` in place with AWQ or GPTQ on the calibration rows; returns the model."""
+                     on_layer: Callable[[], None] | None = None, awq_mappings: list | None = None):
+    """Quantize `model` in place with AWQ or GPTQ on the calibration rows; returns the model.
+    `awq_mappings`: the family's norm -> projection map (None: llm-compressor's own by architecture)."""
     from llmcompressor import oneshot
     from torch.utils.data import DataLoader
 
@@ -125,7 +109,7 @@ def oneshot_quantize(model, tokenizer, rows: list[list[int]], method: str, bits:
     device = next(model.parameters()).device
     data = [{"input_ids": torch.tensor(r, dtype=torch.long, device=device)} for r in rows]
     loader = DataLoader(data, batch_size=1)  # rows may differ in length (the last one): no padding
-    modifiers = recipe(method, bits, group_size, symmetric, act_order, ignore, model.config.model_type)
+    modifiers = recipe(method, bits, group_size, symmetric, act_order, ignore, awq_mappings)
     with no_pinned_memory_without_accelerator(), layer_callback(on_layer):
         return oneshot(model=model, processor=tokenizer, dataset=loader, recipe=modifiers,
                        num_calibration_samples=len(rows), max_seq_length=max(len(r) for r in rows))

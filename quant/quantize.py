@@ -5,28 +5,32 @@
 - bnb: bitsandbytes nf4/fp4 (4-bit) or LLM.int8 (8-bit), no calibration, saved by transformers.
 
 MiniCPM 1/2/4 and MiniCPM-MoE are folded to Llama/Mixtral in memory first, so OUT needs no remote
-code; MiniCPM3 is quantized as transformers' native `minicpm3`.
+code; MiniCPM3 is quantized as transformers' native `minicpm3` (the family decides: converters.families).
+
+Three phases: `prepare` (options, OUT, checkpoint and calibration text checked; nothing computed),
+the method's `quantize` (calibrating where it does), then `save` (weights, tokenizer, card) inside
+OUT's atomic temporary. A method is one `METHODS` entry: its bits, format, option checks, scheme
+name, quantize and save phases, and notes.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from converters.atomic import atomic_output, check_output
-from converters.checkpoint import DTYPE_NAMES, Checkpoint, model_folder, read_json
+from converters.checkpoint import Checkpoint, model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.shapes import check_checkpoint
+from converters.tensors import declared_dtype, resolve_dtype
 
-from .quiet import quiet
+from converters.quiet import quiet
 
-METHOD_BITS = {"awq": (4, 8), "gptq": (4, 8), "bnb": (4, 8)}
-FORMAT = {"awq": "compressed-tensors", "gptq": "compressed-tensors", "bnb": "bitsandbytes"}
 DEFAULT_GROUP_SIZE = 128
 BNB_BLOCK = 64  # bitsandbytes' 4-bit block: layers narrower than a multiple of it do not reload
 
@@ -78,21 +82,28 @@ class QuantizeResult:
 def resolve_options(opts: QuantizeOptions, moe: bool = False) -> QuantizeOptions:
     """Check the options against each other and fill in the method's defaults."""
     method = opts.method
-    if method not in METHOD_BITS:
+    if method not in METHODS:
         raise UsageError(f"--method {method}: unknown method (expected awq, gptq or bnb)")
-    if opts.bits not in METHOD_BITS[method]:
-        can = " or ".join(str(b) for b in METHOD_BITS[method])
+    if opts.bits not in METHODS[method].bits:
+        can = " or ".join(str(b) for b in METHODS[method].bits)
         raise UsageError(f"--bits {opts.bits}: {method} can do {can} bits")
-    if method == "bnb":
-        for flag, value in (("--group-size", opts.group_size), ("--act-order", opts.act_order), ("--sym/--asym", opts.sym)):
-            if value is not None:
-                raise UsageError(f"{flag} does not apply to bnb (bitsandbytes uses fixed blocks of {BNB_BLOCK} weights)")
-        if opts.bits == 8 and (opts.bnb_type is not None or opts.double_quant is not None):
-            raise UsageError("--bnb-type and --double-quant apply to 4-bit bnb only (8-bit is LLM.int8)")
-        bnb_type = opts.bnb_type or "nf4"
-        if bnb_type not in ("nf4", "fp4"):
-            raise UsageError(f"--bnb-type {bnb_type}: expected nf4 or fp4")
-        return replace(opts, bnb_type=bnb_type if opts.bits == 4 else None, double_quant=bool(opts.double_quant))
+    return METHODS[method].resolve(opts, moe)
+
+
+def _resolve_bnb(opts: QuantizeOptions, moe: bool) -> QuantizeOptions:
+    for flag, value in (("--group-size", opts.group_size), ("--act-order", opts.act_order), ("--sym/--asym", opts.sym)):
+        if value is not None:
+            raise UsageError(f"{flag} does not apply to bnb (bitsandbytes uses fixed blocks of {BNB_BLOCK} weights)")
+    if opts.bits == 8 and (opts.bnb_type is not None or opts.double_quant is not None):
+        raise UsageError("--bnb-type and --double-quant apply to 4-bit bnb only (8-bit is LLM.int8)")
+    bnb_type = opts.bnb_type or "nf4"
+    if bnb_type not in ("nf4", "fp4"):
+        raise UsageError(f"--bnb-type {bnb_type}: expected nf4 or fp4")
+    return replace(opts, bnb_type=bnb_type if opts.bits == 4 else None, double_quant=bool(opts.double_quant))
+
+
+def _resolve_llmc(opts: QuantizeOptions, moe: bool) -> QuantizeOptions:
+    method = opts.method
     if opts.bnb_type is not None or opts.double_quant is not None:
         raise UsageError(f"--bnb-type and --double-quant apply to bnb, not {method}")
     if method == "awq" and opts.act_order is not None:
@@ -113,20 +124,8 @@ def resolve_options(opts: QuantizeOptions, moe: bool = False) -> QuantizeOptions
     return replace(opts, group_size=group_size, sym=sym, act_order=act_order)
 
 
-def layer_widths(config: dict, family: str) -> dict[str, int]:
-    """The input widths of the layers a quantizer touches, by the name users know them by."""
-    widths = {"hidden size": config.get("hidden_size"), "intermediate size": config.get("intermediate_size")}
-    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
-    if family == "minicpm3":
-        widths |= {"q_lora_rank": config.get("q_lora_rank"), "kv_lora_rank": config.get("kv_lora_rank"),
-                   "attention output width (heads x v_head_dim)": (heads or 0) * config.get("v_head_dim", 0)}
-    elif heads and head_dim:
-        widths["attention output width (heads x head_dim)"] = heads * head_dim
-    return {k: v for k, v in widths.items() if isinstance(v, int) and v > 0}
-
-
-def check_group_size(opts: QuantizeOptions, config: dict, family: str) -> None:
-    widths = layer_widths(config, family)
+def check_group_size(opts: QuantizeOptions, config: dict, family) -> None:
+    widths = family.layer_widths(config)
     if opts.method == "bnb":
         if opts.bits == 4:
             for what, n in widths.items():
@@ -148,11 +147,8 @@ def weight_bytes(folder: Path) -> int:
 
 
 def source_dtype(config: dict, choice: str) -> torch.dtype:
-    if choice != "auto":
-        if choice not in DTYPE_NAMES:
-            raise UsageError(f"--dtype {choice}: expected bf16, f16, f32 or auto")
-        return DTYPE_NAMES[choice]
-    return DTYPE_NAMES.get(str(config.get("torch_dtype") or config.get("dtype") or "float32"), torch.float32)
+    """auto: the dtype config.json declares, else float32."""
+    return resolve_dtype(choice, declared_dtype(config) or torch.float32)
 
 
 def quantized_layer_count(model) -> int:
@@ -166,21 +162,22 @@ def quantized_layer_count(model) -> int:
 
 
 def describe(opts: QuantizeOptions) -> str:
-    if opts.method == "bnb":
-        return f"bnb {opts.bnb_type}{' double-quant' if opts.double_quant else ''}" if opts.bits == 4 else "bnb int8 (LLM.int8)"
+    return METHODS[opts.method].describe(opts)
+
+
+def _describe_bnb(opts: QuantizeOptions) -> str:
+    return f"bnb {opts.bnb_type}{' double-quant' if opts.double_quant else ''}" if opts.bits == 4 else "bnb int8 (LLM.int8)"
+
+
+def _describe_llmc(opts: QuantizeOptions) -> str:
     group = "per-channel" if opts.group_size < 0 else f"g{opts.group_size}"
     order = ", act-order" if opts.act_order else ""
     return f"{opts.method} W{opts.bits}A16 {group} {'sym' if opts.sym else 'asym'}{order}"
 
 
-def ignore_list(opts: QuantizeOptions, moe: bool, llmc_names: bool) -> list[str]:
-    """Modules left in float: --ignore, plus MoE routers (a 4-bit router picks the wrong experts)."""
-    ignore = list(opts.ignore)
-    if moe:
-        # llm-compressor takes regexes (`.gate` is the router as mlp.gate in memory and as
-        # block_sparse_moe.gate on disk); transformers' bnb skip list matches name fragments.
-        ignore.append("re:.*\\.gate$" if llmc_names else "mlp.gate")
-    return ignore
+def ignore_list(opts: QuantizeOptions, family, llmc_names: bool) -> list[str]:
+    """Modules left in float: --ignore, plus what the family needs in float (MoE routers)."""
+    return list(opts.ignore) + family.float_modules(llmc_names)
 
 
 def write_card(folder: Path, result: QuantizeResult, opts: QuantizeOptions) -> None:
@@ -218,12 +215,28 @@ def copy_tokenizer(src: Path, out: Path) -> None:
         shutil.copyfile(src / "chat_template.jinja", out / "chat_template.jinja")
 
 
-def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: bool = False,
-             progress: Progress | None = None, before_save: Callable[[object], None] | None = None) -> QuantizeResult:
-    """Quantize SRC into OUT (atomically). `before_save(model)` sees the in-memory quantized model."""
-    from runtime.load import load_hf, minicpm3_config, resolve_device
+# --- the phases: prepare -> quantize (calibrating where the method does) -> save -----------------------
+@dataclass
+class Job:
+    """A quantization checked and ready: everything the quantize and save phases need."""
+    src: Path
+    out: Path
+    folder: Path
+    config: dict
+    family: object  # converters.families.Family
+    opts: QuantizeOptions
+    method: "Method"
+    device: str
+    dtype: torch.dtype
+    calib: object = None  # calib_data samples (calibrated methods)
+    calibration: dict | None = None  # what the card and the result say about them
+    bytes_before: int = 0
 
-    start = time.perf_counter()
+
+def prepare(src: Path | str, out: Path | str, opts: QuantizeOptions, force: bool = False) -> Job:
+    """Check options, OUT, the checkpoint and the calibration text before anything is computed."""
+    from runtime.load import resolve_device
+
     src, out = Path(src), Path(out)
     resolve_options(opts)  # option errors first, before touching files
     check_output(out, force)
@@ -234,96 +247,148 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
         raise UsageError(f"{folder}: already quantized ({method}); quantize the float model instead")
     ckpt = Checkpoint(folder)
     check_checkpoint(ckpt)  # before calibration data is fetched or anything is computed
-    config, family = ckpt.config, ckpt.family  # with the official defaults (v_head_dim, muP) filled in
-    moe = family in ("minicpm-moe", "mixtral")
-    opts = resolve_options(opts, moe=moe)
+    config, family = ckpt.config, ckpt.family  # with OpenBMB's defaults (v_head_dim, muP) filled in
+    opts = resolve_options(opts, moe=family.moe)
     check_group_size(opts, config, family)
-    device = resolve_device(opts.device)
-    dtype = source_dtype(config, opts.dtype)
-    progress = progress or (lambda description, total: (lambda: None))
-
-    calibration = None
-    if opts.method in ("awq", "gptq"):
+    job = Job(src, out, folder, config, family, opts, METHODS[opts.method], resolve_device(opts.device),
+              source_dtype(config, opts.dtype), bytes_before=weight_bytes(folder))
+    if job.method.calibrated:
         from calib_data import calibration_samples
         from converters.tokenizer import chat_template, load_tokenizer
 
         tokenizer = load_tokenizer(folder)
-        calib = calibration_samples(opts.calib, tokenizer, opts.num_samples, opts.seq_len, opts.seed,
-                                    chat_template(folder))
-        calibration = {"source": calib.source, "samples": len(calib.samples), "seq_len": opts.seq_len,
-                       "tokens": calib.tokens, "documents": calib.used_documents, "seed": opts.seed}
+        job.calib = calibration_samples(opts.calib, tokenizer, opts.num_samples, opts.seq_len, opts.seed,
+                                        chat_template(folder))
+        job.calibration = {"source": job.calib.source, "samples": len(job.calib.samples), "seq_len": opts.seq_len,
+                           "tokens": job.calib.tokens, "documents": job.calib.used_documents, "seed": opts.seed}
+    return job
 
-    bytes_before = weight_bytes(folder)
-    with atomic_output(out, force) as tmp, quiet():
-        if opts.method in ("awq", "gptq"):
-            from .llmc import oneshot_quantize
 
-            loaded = load_hf(folder, "cpu", dtype)
-            model = loaded.model.to(device)
-            advance = progress(f"{opts.method.upper()} {opts.bits}-bit: layers", model.config.num_hidden_layers)
-            try:
-                model = oneshot_quantize(model, loaded.tokenizer, calib.samples, opts.method, opts.bits,
-                                         opts.group_size, opts.sym, opts.act_order,
-                                         ignore_list(opts, moe, True), tmp / ".config", advance)
-            except torch.OutOfMemoryError:
-                raise UserError(f"out of memory while quantizing on {device} (try fewer --num-samples or a shorter --seq-len)") from None
-            except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
-                raise UserError(f"{opts.method} on {family}: llm-compressor failed ({library_error(exc)})") from None
-        else:
-            from .bnb import bnb_quantize, linear_names
+def _llmc_quantize(job: Job, tmp: Path, progress: Progress):
+    """AWQ / GPTQ: llm-compressor calibrates and quantizes the loaded model layer by layer."""
+    from runtime.load import load_hf
 
-            if family in ("minicpm", "minicpm-moe"):
-                float_folder = tmp / ".float"  # the folded Llama/Mixtral, for transformers to quantize
-                load_hf(folder, "cpu", dtype).model.save_pretrained(float_folder)
-                hf_config = None
-            else:
-                float_folder = folder
-                hf_config = minicpm3_config(config) if family == "minicpm3" else None
-            skip = ignore_list(opts, moe, False)
-            targets = len(linear_names(float_folder, hf_config, skip))
-            advance = progress(f"bnb {opts.bnb_type or 'int8'}: weights", targets)
-            try:
-                model = bnb_quantize(float_folder, opts.bits, opts.bnb_type, opts.double_quant, dtype, skip,
-                                     device, hf_config, lambda name: advance())
-            except (ValueError, RuntimeError, TypeError, ImportError) as exc:
-                raise UserError(f"bnb on {family}: bitsandbytes failed ({library_error(exc)})") from None
-            shutil.rmtree(tmp / ".float", ignore_errors=True)
-        if before_save is not None:
-            before_save(model)
-        if (folder / "generation_config.json").is_file():
-            # transformers 5 refuses to save a generation config it finds inconsistent (MiniCPM3-4B's
-            # do_sample false with temperature 0.8); copy_tokenizer copies the published file after it
-            from transformers import GenerationConfig
+    from .llmc import oneshot_quantize
 
-            model.generation_config = GenerationConfig.from_model_config(model.config)
-        if opts.method == "bnb":
-            model.save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp, save_compressed=True)
-            shutil.rmtree(tmp / ".config", ignore_errors=True)
-            if model.config.model_type == "mixtral":
-                from .llmc import classic_mixtral_names
+    opts = job.opts
+    loaded = load_hf(job.folder, "cpu", job.dtype)
+    model = loaded.model.to(job.device)
+    advance = progress(f"{opts.method.upper()} {opts.bits}-bit: layers", model.config.num_hidden_layers)
+    try:
+        return oneshot_quantize(model, loaded.tokenizer, job.calib.samples, opts.method, opts.bits,
+                                opts.group_size, opts.sym, opts.act_order, ignore_list(opts, job.family, True),
+                                tmp / ".config", advance, job.family.awq_mappings() if opts.method == "awq" else None)
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of memory while quantizing on {job.device} (try fewer --num-samples or a shorter --seq-len)") from None
+    except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
+        raise UserError(f"{opts.method} on {job.family}: llm-compressor failed ({library_error(exc)})") from None
 
-                classic_mixtral_names(tmp)
-        copy_tokenizer(folder, tmp)
-        result = QuantizeResult(
-            source=str(src), output=str(out), source_family=family,
-            architecture=(model.config.architectures or [type(model).__name__])[0], method=opts.method,
-            bits=opts.bits, format=FORMAT[opts.method], group_size=opts.group_size, symmetric=opts.sym,
-            scheme=describe(opts), device=device, dtype=str(dtype).replace("torch.", ""),
-            quantized_layers=quantized_layer_count(model), bytes_before=bytes_before,
-            bytes_after=weight_bytes(tmp), seconds=0.0, calibration=calibration)
-        if calibration and calibration["samples"] < opts.num_samples:
-            result.notes.append(f"the calibration text filled {calibration['samples']} of the "
-                                f"{opts.num_samples} requested rows of {opts.seq_len} tokens")
-        if opts.method == "bnb" and model.config.model_type == "mixtral":
-            result.notes.append(f"MoE experts stay {result.dtype}: bitsandbytes quantizes Linear layers and "
-                                "transformers keeps Mixtral experts as fused tensors (use awq or gptq)")
-        write_card(tmp, result, opts)
-        result.files = sorted(p.name for p in tmp.iterdir())
-    result.seconds = time.perf_counter() - start
+
+def _llmc_save(model, tmp: Path, job: Job) -> None:
+    model.save_pretrained(tmp, save_compressed=True)
+    shutil.rmtree(tmp / ".config", ignore_errors=True)
+    if job.family.moe:  # in memory a Mixtral, whatever the source family
+        from .llmc import classic_mixtral_names
+
+        classic_mixtral_names(tmp)
+
+
+def _bnb_quantize(job: Job, tmp: Path, progress: Progress):
+    """bitsandbytes: transformers quantizes each Linear as it loads the float weights (no calibration)."""
+    from runtime.load import load_hf
+
+    from .bnb import bnb_quantize, linear_names
+
+    opts = job.opts
+    if job.family.folds_for_transformers:
+        float_folder = tmp / ".float"  # the folded Llama/Mixtral, for transformers to quantize
+        load_hf(job.folder, "cpu", job.dtype).model.save_pretrained(float_folder)
+        hf_config = None
+    else:
+        float_folder = job.folder
+        hf_config = job.family.hf_config(job.config)
+    skip = ignore_list(opts, job.family, False)
+    targets = len(linear_names(float_folder, hf_config, skip))
+    advance = progress(f"bnb {opts.bnb_type or 'int8'}: weights", targets)
+    try:
+        model = bnb_quantize(float_folder, opts.bits, opts.bnb_type, opts.double_quant, job.dtype, skip,
+                             job.device, hf_config, lambda name: advance())
+    except (ValueError, RuntimeError, TypeError, ImportError) as exc:
+        raise UserError(f"bnb on {job.family}: bitsandbytes failed ({library_error(exc)})") from None
+    shutil.rmtree(tmp / ".float", ignore_errors=True)
+    return model
+
+
+def _bnb_save(model, tmp: Path, job: Job) -> None:
+    model.save_pretrained(tmp)
+
+
+def _bnb_notes(job: Job) -> list[str]:
+    if job.family.moe:
+        return [f"MoE experts stay {str(job.dtype).replace('torch.', '')}: bitsandbytes quantizes Linear layers "
+                "and transformers keeps Mixtral experts as fused tensors (use awq or gptq)"]
+    return []
+
+
+@dataclass(frozen=True)
+class Method:
+    """One quantization method: what it can do and its quantize and save phases."""
+    bits: tuple[int, ...]
+    format: str
+    calibrated: bool
+    resolve: Callable[[QuantizeOptions, bool], QuantizeOptions]  # check its options, fill its defaults
+    describe: Callable[[QuantizeOptions], str]  # the scheme, as the table and the card show it
+    quantize: Callable[[Job, Path, Progress], object]
+    save: Callable[[object, Path, Job], None]
+    notes: Callable[[Job], list[str]] = lambda job: []
+
+
+METHODS = {
+    "awq": Method((4, 8), "compressed-tensors", True, _resolve_llmc, _describe_llmc, _llmc_quantize, _llmc_save),
+    "gptq": Method((4, 8), "compressed-tensors", True, _resolve_llmc, _describe_llmc, _llmc_quantize, _llmc_save),
+    "bnb": Method((4, 8), "bitsandbytes", False, _resolve_bnb, _describe_bnb, _bnb_quantize, _bnb_save, _bnb_notes),
+}
+
+
+def save(job: Job, model, tmp: Path) -> QuantizeResult:
+    """Write the quantized model, its tokenizer and its card into tmp; the result describes them."""
+    opts = job.opts
+    if (job.folder / "generation_config.json").is_file():
+        # transformers 5 refuses to save a generation config it finds inconsistent (MiniCPM3-4B's
+        # do_sample false with temperature 0.8); copy_tokenizer copies the published file after it
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_model_config(model.config)
+    job.method.save(model, tmp, job)
+    copy_tokenizer(job.folder, tmp)
+    result = QuantizeResult(
+        source=str(job.src), output=str(job.out), source_family=job.family.name,
+        architecture=(model.config.architectures or [type(model).__name__])[0], method=opts.method,
+        bits=opts.bits, format=job.method.format, group_size=opts.group_size, symmetric=opts.sym,
+        scheme=describe(opts), device=job.device, dtype=str(job.dtype).replace("torch.", ""),
+        quantized_layers=quantized_layer_count(model), bytes_before=job.bytes_before,
+        bytes_after=weight_bytes(tmp), seconds=0.0, calibration=job.calibration)
+    calibration = job.calibration
+    if calibration and calibration["samples"] < opts.num_samples:
+        result.notes.append(f"the calibration text filled {calibration['samples']} of the "
+                            f"{opts.num_samples} requested rows of {opts.seq_len} tokens")
+    result.notes += job.method.notes(job)
+    write_card(tmp, result, opts)
+    result.files = sorted(p.name for p in tmp.iterdir())
     return result
 
 
-def result_dict(result: QuantizeResult) -> dict:
-    return asdict(result)
+def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: bool = False,
+             progress: Progress | None = None, before_save: Callable[[object], None] | None = None) -> QuantizeResult:
+    """Quantize SRC into OUT (atomically). `before_save(model)` sees the in-memory quantized model."""
+    start = time.perf_counter()
+    job = prepare(src, out, opts, force)
+    progress = progress or (lambda description, total: (lambda: None))
+    with atomic_output(job.out, force) as tmp, quiet():
+        model = job.method.quantize(job, tmp, progress)
+        if before_save is not None:
+            before_save(model)
+        result = save(job, model, tmp)
+    result.seconds = time.perf_counter() - start
+    return result
+

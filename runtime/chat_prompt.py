@@ -68,33 +68,25 @@ class ChatFormat:
             raise UserError(f"chat template ({self.source}) failed to render: {type(exc).__name__}: {exc}") from None
 
 
+def _family_chat_style(model) -> str | None:
+    from converters.families import family_named
+
+    family = family_named(model.family)
+    return family.chat_style if family else None
+
+
 def _is_one_token(model, text: str) -> bool:
     return len(model.tokenizer.encode(text, add_special_tokens=False)) == 1
 
 
-def model_template(model) -> tuple[str | None, str, str, str]:
-    """(template or None, where it was looked for, bos text, eos text) for a LoadedModel."""
-    if model.backend == "gguf":
-        llama = model.model
-        meta = llama.metadata or {}
-        bos, eos = llama.token_bos(), llama.token_eos()
-        text = lambda i: llama.detokenize([i], special=True).decode("utf-8", "replace") if i >= 0 else ""
-        return meta.get("tokenizer.chat_template"), f"{model.path.name} GGUF metadata", text(bos), text(eos)
-    from converters.tokenizer import chat_template
-
-    tok = model.tokenizer
-    return (chat_template(model.path), f"{model.path.name}/tokenizer_config.json",
-            tok.bos_token or "", tok.eos_token or "")
-
-
 def chat_format(model, template: str | None = None) -> ChatFormat:
     """The chat format of a LoadedModel: its own template, else the built-in one for its family."""
-    found, where, bos, eos = model_template(model)
+    found, where, bos, eos = model.template_info()
     if template is not None:
         where = "--template"
     elif found:
         template = found
-    elif model.family == "minicpm3" or _is_one_token(model, "<|im_start|>"):
+    elif _family_chat_style(model) == "chatml" or _is_one_token(model, "<|im_start|>"):
         template, where = CHATML_TEMPLATE, "built-in ChatML (MiniCPM3/4)"
     else:
         template, where = USER_AI_TEMPLATE, "built-in <用户>…<AI> (MiniCPM 1/2)"

@@ -153,10 +153,7 @@ class Generator:
         self.last_tokens: list[int] = []  # the last reply's token ids, stop token excluded
 
     def text_stream(self, context: list[int]):
-        if self.model.backend == "gguf":
-            llama = self.model.model
-            return ByteTextStream(lambda t: llama.detokenize([t], special=False) if t != llama.token_bos() else b"")
-        return HFTextStream(self.model.tokenizer, context)
+        return self.model.text_stream(context)
 
     def stream(self, prompt_ids: list[int], s: Sampling) -> Iterator[str]:
         """Yield the reply's text as it is generated; self.stats describes it once the iterator ends.
@@ -167,7 +164,7 @@ class Generator:
         if len(prompt_ids) >= self.n_ctx:
             raise UsageError(f"the prompt is {len(prompt_ids)} tokens; the context holds {self.n_ctx}")
         self.stats = stats = Stats(prompt_tokens=len(prompt_ids))
-        tokens = self._gguf_tokens(prompt_ids, s) if self.model.backend == "gguf" else self._hf_tokens(prompt_ids, s)
+        tokens = self.model.tokens(self, prompt_ids, s)
         text = self.text_stream(prompt_ids)
         self.last_tokens = generated = []
         start = time.perf_counter()
@@ -199,14 +196,7 @@ class Generator:
             tokens.close()
             stats.total_s = time.perf_counter() - start
 
-    # --- backends: each yields token ids, one per step, the stop token included -------------------
-    def _gguf_tokens(self, prompt_ids: list[int], s: Sampling) -> Iterator[int]:
-        llama = self.model.model
-        llama.set_seed(s.seed if s.seed is not None else 0xFFFFFFFF)  # llama.cpp: 0xFFFFFFFF = random
-        # llama-cpp-python reuses the KV cache of the longest common prefix with the previous call.
-        yield from llama.generate(prompt_ids, top_k=s.top_k, top_p=s.top_p, min_p=0.0, typical_p=1.0,
-                                  temp=s.temperature, repeat_penalty=s.repetition_penalty)
-
+    # --- HF backend (GGUF generates in llama.cpp: runtime.load.GGUFModel.tokens) --------------------
     def _reuse_cache(self, prompt_ids: list[int]):
         """(cache, n) with the KV cache cropped to the first n prompt tokens it already holds."""
         common = 0
@@ -221,7 +211,8 @@ class Generator:
         cache.crop(common)
         return cache, common
 
-    def _hf_tokens(self, prompt_ids: list[int], s: Sampling) -> Iterator[int]:
+    def hf_tokens(self, prompt_ids: list[int], s: Sampling) -> Iterator[int]:
+        """Token ids from a transformers model, one per step, the stop token included."""
         model, device = self.model.model, self.model.device
         cache, done = self._reuse_cache(prompt_ids)
         generator = None

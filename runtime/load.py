@@ -1,4 +1,5 @@
-"""Load any MiniCPM artifact as a runnable model: one small interface over HF and GGUF backends.
+"""Load any MiniCPM artifact as a runnable model: `open_model(path)` gives an HFModel or a GGUFModel,
+one interface (LoadedModel) over both; no other module compares backends.
 
 - MiniCPM 1/2/4 and MiniCPM-MoE folders are folded to Llama/Mixtral in memory (no remote code).
 - Llama/Mixtral folders, including quantized ones from `minicpm quantize`, load with transformers.
@@ -10,13 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from converters.checkpoint import Checkpoint, model_folder, read_json
 from converters.errors import UsageError, UserError
+from converters.families import family_of
 from converters.gguf_read import is_gguf
-from converters.official import check_activation
 from converters.tokenizer import load_tokenizer
 
 
@@ -34,15 +36,13 @@ def folded_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32):
     """A transformers Llama/Mixtral holding the muP-folded weights of a MiniCPM checkpoint."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from converters.mup import fold_plan, folded_config
-
-    plan = fold_plan(ckpt)
-    config_dict = folded_config(ckpt.config, ckpt.family, dtype)
+    plan = ckpt.family.fold_plan(ckpt)
+    config_dict = ckpt.family.folded_config(ckpt.config, dtype)
     config = AutoConfig.for_model(**config_dict)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = {t.name: t.make().to(dtype) for t in plan}
-    if config.model_type == "mixtral":
+    if ckpt.family.moe:
         state = fuse_experts(state, config.num_local_experts)
     model.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers (RoPE inverse frequencies) were made on the meta device: rebuild them.
@@ -70,25 +70,6 @@ def fuse_experts(state: dict, n_experts: int) -> dict:
     return out
 
 
-def minicpm3_config(config: dict):
-    """transformers' MiniCPM3Config for a MiniCPM3 checkpoint's completed config (Checkpoint.config).
-
-    Its muP keys and v_head_dim carry OpenBMB's defaults (transformers' config class has others).
-    OpenBMB's LongRoPE uses one factor set at every length (long_factor when max_position_embeddings >
-    original), transformers' picks by the current length: fold_rope_scaling writes the used set into
-    both slots, and the `factor` (max / original) transformers 5.17's MLA reads for the attention scale.
-    """
-    from transformers import MiniCPM3Config
-
-    from converters.mup import fold_rope_scaling
-
-    config = {k: v for k, v in config.items() if k not in ("auto_map", "architectures", "model_type")}
-    config["rope_scaling"] = fold_rope_scaling(config)
-    if isinstance(config.get("dim_model_base"), float) and config["dim_model_base"].is_integer():
-        config["dim_model_base"] = int(config["dim_model_base"])  # transformers' class accepts int only
-    return MiniCPM3Config(**config)
-
-
 @dataclass
 class LoadedModel:
     """A model ready to score or generate, with its tokenizer and what it came from."""
@@ -104,21 +85,128 @@ class LoadedModel:
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         """Float32 logits [len(ids), vocab] for one sequence."""
-        if self.backend == "gguf":
-            import numpy as np
+        return self.window_logits([ids], len(ids))[0].float().cpu().clone()  # GGUF: a view of llama.cpp's buffer
 
-            self.model.reset()
-            self.model.eval(ids)
-            return torch.from_numpy(np.array(self.model.scores[: len(ids)], dtype=np.float32))
-        with torch.no_grad():
-            x = torch.tensor([ids], device=self.device)
-            return self.model(x).logits[0].float().cpu()
+    def window_logits(self, inputs: list[list[int]], keep: int) -> torch.Tensor:
+        """Logits [B, keep, V] at the last `keep` positions of equal-length inputs."""
+        raise NotImplementedError
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=bos)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def template_info(self) -> tuple[str | None, str, str, str]:
+        """(chat template or None, where it was looked for, bos text, eos text)."""
+        raise NotImplementedError
+
+    def text_stream(self, context: list[int]):
+        """An incremental detokenizer for replies that follow `context`."""
+        raise NotImplementedError
+
+    def tokens(self, generator, prompt_ids: list[int], sampling) -> Iterator[int]:
+        """Sampled token ids after the prompt, one per step, the stop token included."""
+        raise NotImplementedError
+
+    def weights_format(self, dtype: torch.dtype) -> str:
+        """What the scored weights are: a GGUF file type (f16, q4_k_m…), a quantization method, or a dtype."""
+        raise NotImplementedError
+
+    def peak_memory(self, mem) -> tuple[int, str]:
+        """(bytes, kind) this model's load and use grew memory by, from a runtime.perplexity.PeakMemory."""
+        return max(mem.rss_growth, mem.device_growth), "rss"
+
+    def context_room(self, n_ctx: int) -> int:
+        """The longest context this loaded model can hold, at most n_ctx."""
+        return n_ctx
+
+    def close(self) -> None:
+        """Free what the backend holds outside Python's collector."""
+
+
+class HFModel(LoadedModel):
+    """A transformers model on `device`, with its HF tokenizer."""
+
+    def window_logits(self, inputs: list[list[int]], keep: int) -> torch.Tensor:
+        x = torch.tensor(inputs, device=self.device)
+        with torch.inference_mode():
+            return self.model(input_ids=x, use_cache=False, logits_to_keep=keep).logits
+
+    def template_info(self) -> tuple[str | None, str, str, str]:
+        from converters.tokenizer import chat_template
+
+        tok = self.tokenizer
+        return (chat_template(self.path), f"{self.path.name}/tokenizer_config.json",
+                tok.bos_token or "", tok.eos_token or "")
+
+    def text_stream(self, context: list[int]):
+        from .generate import HFTextStream
+
+        return HFTextStream(self.tokenizer, context)
+
+    def tokens(self, generator, prompt_ids: list[int], sampling) -> Iterator[int]:
+        return generator.hf_tokens(prompt_ids, sampling)  # the KV cache lives with the generator
+
+    def weights_format(self, dtype: torch.dtype) -> str:
+        from converters.tensors import SHORT_NAMES
+
+        return str(self.quantization) if self.quantization else SHORT_NAMES[dtype]
+
+    def peak_memory(self, mem) -> tuple[int, str]:
+        if self.device == "cuda":
+            return mem.cuda_growth, "cuda"
+        return super().peak_memory(mem)
+
+
+class GGUFModel(LoadedModel):
+    """A GGUF file in llama.cpp (llama-cpp-python), with llama.cpp's own tokenizer."""
+
+    def window_logits(self, inputs: list[list[int]], keep: int) -> torch.Tensor:
+        """With one input the tensor is a view of llama.cpp's score buffer: use it before the next call."""
+        llama, rows = self.model, []
+        for seq in inputs:
+            llama.reset()
+            llama.eval(seq)
+            view = torch.from_numpy(llama.scores[len(seq) - keep: len(seq)])
+            rows.append(view if len(inputs) == 1 else view.clone())
+        return torch.stack(rows) if len(rows) > 1 else rows[0][None]
+
+    def template_info(self) -> tuple[str | None, str, str, str]:
+        llama = self.model
+        meta = llama.metadata or {}
+        bos, eos = llama.token_bos(), llama.token_eos()
+        text = lambda i: llama.detokenize([i], special=True).decode("utf-8", "replace") if i >= 0 else ""  # noqa: E731
+        return meta.get("tokenizer.chat_template"), f"{self.path.name} GGUF metadata", text(bos), text(eos)
+
+    def text_stream(self, context: list[int]):
+        from .generate import ByteTextStream
+
+        llama = self.model
+        return ByteTextStream(lambda t: llama.detokenize([t], special=False) if t != llama.token_bos() else b"")
+
+    def tokens(self, generator, prompt_ids: list[int], s) -> Iterator[int]:
+        llama = self.model
+        llama.set_seed(s.seed if s.seed is not None else 0xFFFFFFFF)  # llama.cpp: 0xFFFFFFFF = random
+        # llama-cpp-python reuses the KV cache of the longest common prefix with the previous call.
+        yield from llama.generate(prompt_ids, top_k=s.top_k, top_p=s.top_p, min_p=0.0, typical_p=1.0,
+                                  temp=s.temperature, repeat_penalty=s.repetition_penalty)
+
+    def weights_format(self, dtype: torch.dtype) -> str:
+        import gguf
+
+        try:
+            name = gguf.LlamaFileType(int(self.quantization)).name
+        except (TypeError, ValueError):  # no general.file_type, or one this gguf package does not know
+            return "unknown" if self.quantization is None else f"file type {self.quantization}"
+        return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+
+    def context_room(self, n_ctx: int) -> int:
+        return min(n_ctx, self.model.n_ctx())
+
+    def close(self) -> None:
+        """Free llama.cpp's model now (left to interpreter shutdown, its finaliser prints a traceback)."""
+        self.model.close()
 
 
 def _eos_ids(config: dict) -> list[int]:
@@ -136,13 +224,13 @@ def quiet_loading(quant: dict | None):
     # bitsandbytes notes, once per layer kind, that it casts bf16 inputs to f16 while generating
     warnings.filterwarnings("ignore", message="MatMul8bitLt")
     try:
-        from quant.quiet import quiet
+        from converters.quiet import quiet
     except ImportError:  # the quant extra is not installed: its libraries may be chatty
         return contextlib.nullcontext()
     return quiet()
 
 
-def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
+def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = None, tokenizer=None) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     folder = model_folder(path)
@@ -150,21 +238,18 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     quant = config.get("quantization_config")
     dtype = dtype or torch.float32
     try:
-        ckpt = Checkpoint(folder) if quant is None else None  # the family from architectures or model_type
-        if ckpt and ckpt.family in ("minicpm", "minicpm-moe"):
-            family, model = ckpt.family, folded_model(ckpt, dtype)
-        elif ckpt and ckpt.family == "minicpm3":
-            from transformers import MiniCPM3ForCausalLM
-
-            check_activation(ckpt.config, folder / "config.json")
-            family = "minicpm3"
-            model = MiniCPM3ForCausalLM.from_pretrained(folder, config=minicpm3_config(ckpt.config), dtype=dtype)
+        # a float folder is checked tensor by tensor; a quantized one holds packed tensors
+        ckpt = None if quant else Checkpoint(folder)
+        family = ckpt.family if ckpt else family_of(config, folder / "config.json")
+        config = ckpt.config if ckpt else family.complete(config)[0]  # OpenBMB's defaults filled in
+        if ckpt and family.folds_for_transformers:
+            model = folded_model(ckpt, dtype)
+        elif ckpt or family.hf_config(config) is not None:  # float, or a config transformers cannot read alone
+            model = family.load_float(folder, config, dtype)
         else:
-            family = ckpt.family if ckpt else config.get("model_type", "llama")
-            kwargs = {"device_map": device} if quant else {"dtype": dtype}
             with quiet_loading(quant):
-                model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, **kwargs)
-                if quant and quant.get("quant_method") == "compressed-tensors":
+                model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, device_map=device)
+                if quant.get("quant_method") == "compressed-tensors":
                     # compressed-tensors decompresses on the first forward (with its own bars): do it now
                     with torch.no_grad():
                         model(input_ids=torch.tensor([[config.get("bos_token_id") or 0]], device=model.device))
@@ -175,8 +260,8 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     if not quant:
         model = model.to(device)
     method = quant.get("quant_method") if quant else None
-    return LoadedModel(folder, "hf", family, model.eval(), load_tokenizer(folder), device,
-                       config.get("max_position_embeddings", 0), _eos_ids(config), method)
+    return HFModel(folder, "hf", family.name, model.eval(), tokenizer or load_tokenizer(folder), device,
+                   config.get("max_position_embeddings", 0), _eos_ids(config), method)
 
 
 class GGUFTokenizer:
@@ -218,13 +303,39 @@ def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, d
     eos = [int(meta["tokenizer.ggml.eos_token_id"])] if "tokenizer.ggml.eos_token_id" in meta else []
     if "tokenizer.ggml.eot_token_id" in meta:
         eos.append(int(meta["tokenizer.ggml.eot_token_id"]))
-    return LoadedModel(path, "gguf", arch, llama, GGUFTokenizer(llama), device, train_ctx, eos,
-                       meta.get("general.file_type"))
+    return GGUFModel(path, "gguf", arch, llama, GGUFTokenizer(llama), device, train_ctx, eos,
+                     meta.get("general.file_type"))
 
 
-def load_model(path: Path | str, device: str = "cpu", n_ctx: int = 2048) -> LoadedModel:
+def open_model(path: Path | str, device: str = "cpu", n_ctx: int | None = 2048, dtype: torch.dtype | None = None,
+               threads: int | None = None, logits_all: bool = True, tokenizer=None) -> LoadedModel:
+    """A model folder (HFModel) or a GGUF file (GGUFModel): the one place that tells them apart.
+
+    n_ctx: GGUF context to allocate; None = the model's trained length, at most DEFAULT_GGUF_CONTEXT
+    (llama.cpp allocates it up front). logits_all: keep every position's logits (scoring) or only the
+    last (generation). tokenizer: a folder's HF tokenizer already loaded (eval-ppl tokenized with it)."""
     path = Path(path)
     device = resolve_device(device)
     if path.suffix == ".gguf" or is_gguf(path):
-        return load_gguf(path, n_ctx=n_ctx, device=device)
-    return load_hf(path, device)
+        if n_ctx is None:
+            from converters.gguf_read import gguf_metadata
+
+            meta = gguf_metadata(path)
+            trained = meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", DEFAULT_GGUF_CONTEXT)
+            n_ctx = min(int(trained), DEFAULT_GGUF_CONTEXT)
+        model = load_gguf(path, n_ctx=n_ctx, threads=threads, device=device, logits_all=logits_all)
+        if threads:
+            from .generate import set_gguf_threads
+
+            set_gguf_threads(model.model, threads)  # prompt batches too (llama-cpp-python: every core)
+        return model
+    if threads:
+        torch.set_num_threads(threads)
+    return load_hf(path, device, dtype, tokenizer)
+
+
+DEFAULT_GGUF_CONTEXT = 4096  # minicpm chat's default context
+
+
+def load_model(path: Path | str, device: str = "cpu", n_ctx: int = 2048) -> LoadedModel:
+    return open_model(path, device, n_ctx)

@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from converters.checkpoint import model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.gguf_read import gguf_metadata, is_gguf
-from converters.inspect import disk_size as size_on_disk
+from converters.tensors import resolve_dtype as resolve_dtype_name
+from converters.describe import disk_size as size_on_disk
 
 # progress(label, total_tokens) -> context manager yielding advance(n_tokens)
 Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
 @contextlib.contextmanager
@@ -200,6 +200,7 @@ class Prepared:
     ids: list[int]
     vocab_size: int
     ids_group: int = 0  # models with the same group scored the same ids
+    tokenizer: object = None  # folders: the HF tokenizer, loaded once and reused by the model
 
 
 def prepare(paths: list[Path], text: str, ctx: int, stride: int | None, max_tokens: int | None
@@ -221,6 +222,7 @@ def prepare(paths: list[Path], text: str, ctx: int, stride: int | None, max_toke
                 encoders[path.resolve()] = Encoder(path)
             prepared.append(tokenize(encoders[path.resolve()], text, ctx, max_tokens))
             prepared[-1].path = path
+            prepared[-1].tokenizer = getattr(encoders[path.resolve()], "tokenizer", None)
     finally:
         for enc in encoders.values():
             enc.close()
@@ -261,11 +263,8 @@ def first_difference(a: Prepared, b: Prepared) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":  # float32 on CPU (exact, and bf16 matmuls are slow on most CPUs)
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype}: expected auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    """auto: float32 on CPU (exact, and bf16 matmuls are slow on most CPUs), bf16 on CUDA."""
+    return resolve_dtype_name(dtype, torch.bfloat16 if device == "cuda" else torch.float32)
 
 
 def default_threads() -> int:
@@ -290,52 +289,22 @@ def import_backends(paths: list[Path]) -> None:
         with contextlib.suppress(ImportError):
             import compressed_tensors  # noqa: F401
 
-            from quant.quiet import quiet
+            from converters.quiet import quiet
 
             with quiet():  # imports the modules whose bars it silences
                 pass
 
 
-def weights_format(model, dtype: torch.dtype) -> str:
-    """What the scored weights are: a GGUF file type (f16, q4_k_m…), a quantization method, or a dtype."""
-    if model.backend == "gguf":
-        import gguf
+def load(path: Path, device: str, ctx: int, dtype: torch.dtype, threads: int | None = None, tokenizer=None):
+    from runtime.load import open_model
 
-        try:
-            name = gguf.LlamaFileType(int(model.quantization)).name
-        except (TypeError, ValueError):  # no general.file_type, or one this gguf package does not know
-            return "unknown" if model.quantization is None else f"file type {model.quantization}"
-        return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
-    if model.quantization:
-        return str(model.quantization)
-    return {v: k for k, v in DTYPES.items()}[dtype]
-
-
-def load(path: Path, device: str, ctx: int, dtype: torch.dtype, threads: int | None = None):
-    from runtime.load import load_gguf, load_hf
-
-    if path.is_dir():
-        return load_hf(path, device, dtype)
-    return load_gguf(path, n_ctx=ctx, threads=threads or default_threads(), device=device)
+    return open_model(path, device, n_ctx=ctx, dtype=dtype, threads=threads or default_threads(), tokenizer=tokenizer)
 
 
 # --- scoring -------------------------------------------------------------------------------------------
 def window_logits(model, inputs: list[list[int]], keep: int) -> torch.Tensor:
-    """Logits [B, keep, V] at the last `keep` positions of equal-length inputs (model dtype for HF).
-
-    For GGUF with one input the tensor is a view of llama.cpp's score buffer: use it before the next call.
-    """
-    if model.backend == "gguf":
-        llama, rows = model.model, []
-        for seq in inputs:
-            llama.reset()
-            llama.eval(seq)
-            view = torch.from_numpy(llama.scores[len(seq) - keep: len(seq)])
-            rows.append(view if len(inputs) == 1 else view.clone())
-        return torch.stack(rows) if len(rows) > 1 else rows[0][None]
-    x = torch.tensor(inputs, device=model.device)
-    with torch.inference_mode():
-        return model.model(input_ids=x, use_cache=False, logits_to_keep=keep).logits
+    """Logits [B, keep, V] at the last `keep` positions of equal-length inputs (see LoadedModel.window_logits)."""
+    return model.window_logits(inputs, keep)
 
 
 def _chunks(logits: torch.Tensor) -> Iterator[slice]:
@@ -489,10 +458,7 @@ class ModelResult:
     ids_group: int
     delta_pct: float | None = None  # vs the first model, when scored on the same ids
     delta_pct_stderr: float | None = None
-    nll: np.ndarray = field(default=None, repr=False)
-
-    def as_json(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k != "nll"}
+    nll: np.ndarray = field(default=None, repr=False, metadata={"json": False})
 
 
 @dataclass
@@ -522,18 +488,17 @@ def evaluate(paths: list[Path | str], text: str, ctx: int = 2048, stride: int | 
         n_windows = len(windows(len(prep.ids), ctx, stride, bool(prep.prefix)))
         total = len(prep.ids) - (0 if prep.prefix else 1)
         with PeakMemory(cuda=device == "cuda") as mem:
-            model = load(prep.path, device, ctx, torch_dtype, threads)
+            model = load(prep.path, device, ctx, torch_dtype, threads, prep.tokenizer)
             with progress(prep.path.name, total) as advance:
                 start = time.perf_counter()
                 nll = score(model, prep, ctx, stride, batch_size, advance)
                 seconds = time.perf_counter() - start
             mem.sample_device()
         ppl, err = ppl_stderr(nll)
-        on_gpu = device == "cuda" and model.backend == "hf"
-        peak = mem.cuda_growth if on_gpu else max(mem.rss_growth, mem.device_growth)
+        peak, peak_kind = model.peak_memory(mem)
         results.append(ModelResult(
-            str(prep.path), model.backend, model.family, weights_format(model, torch_dtype), ppl, err, len(nll), n_windows,
-            seconds, len(nll) / seconds, peak, "cuda" if on_gpu else "rss", mem.peak_rss,
+            str(prep.path), model.backend, model.family, model.weights_format(torch_dtype), ppl, err, len(nll), n_windows,
+            seconds, len(nll) / seconds, peak, peak_kind, mem.peak_rss,
             size_on_disk(prep.path), prep.ids_group, nll=nll))
         del model
         release_memory()
@@ -589,8 +554,8 @@ def compare(a: Path | str, b: Path | str, text: str, ctx: int = 2048, stride: in
     if (pa.prefix, pa.ids) != (pb.prefix, pb.ids):
         raise UserError(f"--compare: {a} and {b} tokenize the text differently ({first_difference(pa, pb)}); "
                         "comparing next-token distributions needs the same token ids")
-    ma = load(a, device, ctx, torch_dtype, threads)
-    mb = load(b, device, ctx, torch_dtype, threads)
+    ma = load(a, device, ctx, torch_dtype, threads, pa.tokenizer)
+    mb = load(b, device, ctx, torch_dtype, threads, pb.tokenizer)
     ids, kl, agree, nll_a, nll_b = pa.ids, [], 0, [], []
     max_diff, note = 0.0, None
     wins = windows(len(ids), ctx, stride, bool(pa.prefix))

@@ -44,7 +44,7 @@ PROMPT = ("Please write a detailed explanation of how rivers shape the landscape
 
 def build_checkpoint(out: Path, layers: int) -> Path:
     """A random MiniCPM-1B-width checkpoint (bf16) with the real MiniCPM 1/2 tokenizer."""
-    from converters.mup import OutTensor
+    from converters.tensors import OutTensor
     from converters.safetensors_out import write_sharded
     from converters.tiny import base_config, copy_real_tokenizer, weight_shapes
     from converters.tokenizer import load_tokenizer

@@ -37,7 +37,7 @@ def make_checkpoint(out: Path, layers: int) -> Path:
     """A MiniCPM-1B-width checkpoint with random bf16 weights, written tensor by tensor."""
     import torch
 
-    from converters.mup import OutTensor
+    from converters.tensors import OutTensor
     from converters.safetensors_out import write_sharded
     from converters.tiny import make_tiny, weight_shapes
 

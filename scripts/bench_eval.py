@@ -36,7 +36,7 @@ SHARED = ROOT.parent / "shared"
 
 def make_model(out: Path, hidden: int, layers: int, tokenizer: Path) -> Path:
     """A random MiniCPM checkpoint of the given width and depth with a real MiniCPM tokenizer."""
-    from converters.mup import OutTensor
+    from converters.tensors import OutTensor
     from converters.safetensors_out import write_sharded
     from converters.tiny import base_config, copy_real_tokenizer, random_weights
     from converters.tokenizer import load_tokenizer

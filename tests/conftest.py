@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py, tests/rtn.py
 
 
 def leftovers(folder: Path, name: str) -> list[str]:

@@ -27,9 +27,9 @@ TWO_TURNS = [{"role": "system", "content": "You are terse."},
 def fake_model(folder: Path, family: str = "minicpm"):
     """A LoadedModel with a real tokenizer and no weights: enough for prompt formatting."""
     from converters.tokenizer import load_tokenizer
-    from runtime.load import LoadedModel
+    from runtime.load import HFModel
 
-    return LoadedModel(folder, "hf", family, None, load_tokenizer(folder), eos_ids=[2])
+    return HFModel(folder, "hf", family, None, load_tokenizer(folder), eos_ids=[2])
 
 
 def copy_without_weights(src: Path, dst: Path, chat_template=...) -> Path:

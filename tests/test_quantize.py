@@ -87,7 +87,7 @@ def data(tmp_path_factory, tiny):
 
 
 def rtn_perplexity(data, bits: int, group_size: int, symmetric: bool) -> float:
-    from quant.rtn import rtn_quantize_
+    from rtn import rtn_quantize_
     from runtime.load import load_hf
 
     model = load_hf(data["src"], "cpu", torch.bfloat16).model
@@ -186,7 +186,7 @@ def test_rtn_uses_the_compressed_tensors_grid():
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize as ct_fake_quantize
     from compressed_tensors.quantization.utils import calculate_qparams
 
-    from quant.rtn import fake_quantize
+    from rtn import fake_quantize
 
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.05
     w[3, 7] = 0.9  # an outlier in one group

@@ -7,8 +7,10 @@ from pathlib import Path
 from .checkpoint import Checkpoint, model_folder, read_json
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
+from .families import family_of
 from .official import runtime_notes
-from .shapes import check_checkpoint, shapes
+from .shapes import check_checkpoint
+from .tensors import element_count
 
 
 def disk_size(path: Path) -> int:
@@ -55,24 +57,24 @@ def inspect_folder(path: Path) -> dict:
     folder = model_folder(path)
     config = read_json(folder / "config.json")
     quantized = "quantization_config" in config
-    defaults: list[str] = []
     if quantized:  # packed tensors do not show the parameter count: derive it from the config
-        family = config.get("model_type", "?")
-        params = sum(_numel(s) for s in shapes(config, family, folder / "config.json").values())
+        family = family_of(config, folder / "config.json")
+        config, defaults = family.complete(config)
+        params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
         params += 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
         dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
     else:
         ckpt = Checkpoint(folder)
         check_checkpoint(ckpt)  # a checkpoint that disagrees with its config is reported, not described
         family, config, defaults = ckpt.family, ckpt.config, ckpt.defaults
-        params = sum(_numel(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
+        params = sum(element_count(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
         dtypes = sorted({str(ckpt.info(n).dtype).removeprefix("torch.") for n in ckpt.names})
     tok_kind, tok_size, agreement = _tokenizer(folder)
     from .tokenizer import chat_template, which_tokenizer
 
     mup = {k: config[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in config}
     return {
-        "path": str(folder), "format": "hf", "family": family,
+        "path": str(folder), "format": "hf", "family": family.name,
         "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
         "parameters": params, "dtypes": dtypes, "mup": mup, "defaults_used": defaults,
         "activation": config.get("hidden_act", "silu") + (
@@ -80,18 +82,10 @@ def inspect_folder(path: Path) -> dict:
         "notes": runtime_notes(config, folder),
         "quantization": _quantization(config),
         "context_length": config.get("max_position_embeddings"), "rope": _rope(config),
-        "tokenizer": tok_kind, "tokenizer_used": which_tokenizer(folder),
-        "tokenizer_agreement": agreement,
+        "tokenizer": tok_kind, "tokenizer_used": which_tokenizer(folder), "tokenizer_agreement": agreement,
         "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
         "size_bytes": disk_size(folder),
     }
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def inspect_gguf(path: Path) -> dict:

@@ -5,18 +5,16 @@ from pathlib import Path
 
 import typer
 
-from .app import app
 from .ui import console, human_bytes, stage, table, write_json
 
 
-@app.command()
 @stage
 def inspect(
     model: Path = typer.Argument(..., help="A model folder (MiniCPM, Llama, quantized) or a .gguf file."),
     json_out: Path = typer.Option(None, "--json", help="Also write the description as JSON to this file."),
 ):
     """Describe a model: family, parameters, dtypes, muP scalars, quantization, context, tokenizer, size."""
-    from converters.inspect import inspect_model
+    from converters.describe import inspect_model
 
     info = inspect_model(model)
     shown = dict(info)
