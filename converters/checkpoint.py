@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import UsageError, UserError
+from .limits import check_config, check_folder_files, inside
 from .official import notice, runtime_notes
+
+MAX_JSON_BYTES = 128 * 2**20  # the largest tokenizer.json published is ~20 MB
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit on its JSON header
 from .tensors import element_count
 
 SAFETENSORS_DTYPES = {
@@ -35,6 +40,8 @@ class TensorInfo:
 
 def read_json(path: Path) -> dict:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise UserError(f"{path}: {path.stat().st_size} bytes is beyond the limit {MAX_JSON_BYTES} for a JSON file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: missing") from None
@@ -58,12 +65,23 @@ def model_folder(path: Path | str) -> Path:
         raise UsageError(f"{path}: expected a model folder (with config.json), got a file")
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: not a model folder (no config.json)")
+    check_folder_files(path)  # nothing read through the folder may lead outside it
     return path
 
 
-def safetensors_header(path: Path) -> dict[str, dict]:
-    """Parse a safetensors header and check the file holds every byte it promises.
+def read_config(folder: Path) -> dict:
+    """config.json of a model folder, every size it claims within limits (converters.limits)."""
+    config = read_json(folder / "config.json")
+    check_config(config, folder / "config.json")
+    return config
 
+
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """Parse a safetensors header and check it as the format requires, before any tensor is read.
+
+    Every entry: a known dtype, a shape of non-negative integers, data_offsets [begin, end) with
+    end - begin = dtype size x elements; sorted by begin, the entries tile the data area from 0 without
+    gap or overlap, and the file holds every byte they promise.
     Each entry gains "file_offsets": the absolute [begin, end) of its data in the file."""
     try:
         size = path.stat().st_size
@@ -74,18 +92,53 @@ def safetensors_header(path: Path) -> dict[str, dict]:
             (n,) = struct.unpack("<Q", raw)
             if n > size - 8:
                 raise UserError(f"{path}: truncated safetensors file (header runs past the end)")
+            if n > MAX_HEADER_BYTES:
+                raise UserError(f"{path}: safetensors header of {n} bytes is beyond the format's limit")
             header = json.loads(f.read(n))
     except FileNotFoundError:
         raise UserError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path}: not a safetensors file (bad header)") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: not a safetensors file (the header is not a JSON object)")
     header.pop("__metadata__", None)
+    spans = []
+    for name, meta in header.items():
+        spans.append((_checked_entry(path, name, meta), name))
+    expected = 0
+    for (begin, end), name in sorted(spans):
+        if begin != expected:
+            problem = "overlaps the previous tensor" if begin < expected else "leaves a gap before it"
+            raise UserError(f"{path}: tensor {name} {problem} (data_offsets {begin}, expected {expected})")
+        expected = end
+    if 8 + n + expected > size:
+        raise UserError(f"{path}: truncated safetensors file ({size} bytes, header needs {8 + n + expected})")
     for meta in header.values():
         meta["file_offsets"] = [8 + n + meta["data_offsets"][0], 8 + n + meta["data_offsets"][1]]
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
-    if 8 + n + end > size:
-        raise UserError(f"{path}: truncated safetensors file ({size} bytes, header needs {8 + n + end})")
     return header
+
+
+def _checked_entry(path: Path, name: str, meta) -> tuple[int, int]:
+    def bad(why: str):
+        return UserError(f"{path}: tensor {name}: {why} (not a valid safetensors header)"[:300])
+
+    if not isinstance(meta, dict):
+        raise bad("entry is not an object")
+    if meta.get("dtype") not in SAFETENSORS_DTYPES:
+        raise bad(f"unknown dtype {meta.get('dtype')!r}")
+    shape, offsets = meta.get("shape"), meta.get("data_offsets")
+    ints = lambda xs, k: isinstance(xs, list) and len(xs) in k and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
+    if not ints(shape, range(0, 9)):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if not ints(offsets, (2,)) or offsets[0] > offsets[1]:
+        raise bad(f"data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end")
+    nbytes = SAFETENSORS_DTYPES[meta["dtype"]].itemsize
+    for d in shape:
+        nbytes *= d
+    if offsets[1] - offsets[0] != nbytes:
+        raise bad(f"{meta['dtype']} {shape} needs {nbytes} bytes, data_offsets span {offsets[1] - offsets[0]}")
+    return offsets[0], offsets[1]
 
 
 class Checkpoint:
@@ -98,7 +151,8 @@ class Checkpoint:
 
     def __init__(self, path: Path | str):
         self.path = model_folder(path)
-        raw = read_json(self.path / "config.json")
+        raw = read_config(self.path)
+        self.check_finite = True  # a NaN/inf weight is an error (converters); loaders warn instead
         from .families import family_of  # families read checkpoints: imported when one is opened
 
         self.family = family_of(raw, self.path / "config.json")
@@ -120,7 +174,10 @@ class Checkpoint:
                 weight_map = read_json(p / index_name).get("weight_map")
                 if not isinstance(weight_map, dict) or not weight_map:
                     raise UserError(f"{p / index_name}: has no weight_map")
-                files = sorted(set(weight_map.values()))
+                names = set(weight_map.values())
+                for f in names:
+                    inside(p, f, f"shard named in {index_name}")
+                files = sorted(names)
                 for f in files:
                     if not (p / f).is_file():
                         raise UserError(f"{p / f}: shard named in {index_name} is missing")
@@ -143,10 +200,15 @@ class Checkpoint:
 
     def _load_bin(self, path: Path) -> dict[str, torch.Tensor]:
         if path not in self._bin:
+            check_bin_archive(path)
             try:
-                self._bin[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # torch raises many types for a damaged pickle
-                raise UserError(f"{path}: cannot be read as PyTorch weights ({exc})") from None
+                raise UserError(f"{path}: cannot be read as PyTorch weights ({exc})"[:400]) from None
+            if not isinstance(state, dict) or not all(
+                    isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+                raise UserError(f"{path}: not a PyTorch state dict (expected tensor names mapped to tensors)")
+            self._bin[path] = state
         return self._bin[path]
 
     # --- access ----------------------------------------------------------------------------
@@ -168,7 +230,7 @@ class Checkpoint:
         info = self.info(name)  # a clear error for a missing tensor
         path = self._where[name]
         if path.suffix == ".bin":
-            return self._load_bin(path)[name]
+            return self._finite(name, self._load_bin(path)[name])
         begin, end = self._offsets[name]
         data = bytearray(end - begin)
         try:
@@ -181,7 +243,13 @@ class Checkpoint:
             raise UserError(f"{path}: truncated while reading tensor {name}")
         if not data:
             return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
+        return self._finite(name, torch.frombuffer(data, dtype=info.dtype).reshape(info.shape))
+
+    def _finite(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        if self.check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{self._where[name]}: tensor {name} holds NaN or infinite values (a damaged "
+                            "or diverged checkpoint); refusing to write a model from it")
+        return t
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -190,7 +258,25 @@ class Checkpoint:
         return [self.path / f for f in TOKENIZER_FILES if (self.path / f).is_file()]
 
 
+def check_bin_archive(path: Path) -> None:
+    """A .bin is a torch.save zip; refuse one whose entries would inflate beyond the bytes on disk.
+
+    torch.save stores its entries uncompressed, so a compressed entry is not a file torch wrote, and a
+    few MB of deflated zeros can expand to gigabytes inside torch.load before any check could run."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a PyTorch zip archive ({exc}); only torch.save files since torch 1.6 "
+                        "are read") from None
+    size = path.stat().st_size
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or sum(e.file_size for e in entries) > size:
+        inflated = sum(e.file_size for e in entries)
+        raise UserError(f"{path}: archive would inflate {size} bytes to {inflated}; torch.save never compresses, "
+                        "refusing to load it")
+
+
 TOKENIZER_FILES = (
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "generation_config.json",
+    "added_tokens.json", "generation_config.json", "chat_template.jinja",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .checkpoint import Checkpoint, model_folder, read_json
+from .checkpoint import Checkpoint, model_folder, read_config
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
 from .families import family_of
@@ -46,16 +46,19 @@ def _tokenizer(folder: Path) -> tuple[str, int | None, dict | None]:
         tokenizer = load_tokenizer(folder)
         return "sentencepiece", len(tokenizer), tokenizer_agreement(folder, tokenizer)
     if (folder / "tokenizer.json").is_file():
-        import json
+        from .tokenizer import read_tokenizer_json
 
-        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-        return model.get("type", "?").lower(), len(model.get("vocab", {})), None
+        data = read_tokenizer_json(folder / "tokenizer.json")
+        model = data["model"]
+        # ids, not entries: a padded vocabulary (MiniCPM5's <|im_start|> at 130072) has unused ids between
+        ids = [int(i) for i in (model.get("vocab") or {}).values()] + [int(t["id"]) for t in data.get("added_tokens", [])]
+        return str(model.get("type", "?")).lower(), max(ids) + 1 if ids else 0, None
     return "none", None, None
 
 
 def inspect_folder(path: Path) -> dict:
     folder = model_folder(path)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     quantized = "quantization_config" in config
     if quantized:  # packed tensors do not show the parameter count: derive it from the config
         family = family_of(config, folder / "config.json")

@@ -278,7 +278,7 @@ def check_imatrix(path: Path, plan: GGUFPlan) -> dict[str, np.ndarray]:
 def convert_to_gguf(src, out, outtype: str = "f16", fold: bool = False, force: bool = False,
                     imatrix: Path | str | None = None,
                     on_tensor: Callable[[str, int], None] | None = None) -> GGUFResult:
-    check_output(Path(out), force)
+    check_output(Path(out), force, "gguf", [src])
     return write_prepared(prepare(src, outtype, fold, imatrix), out, force, on_tensor)
 
 
@@ -286,10 +286,10 @@ def write_prepared(prepared: Prepared, out, force: bool = False,
                    on_tensor: Callable[[str, int], None] | None = None) -> GGUFResult:
     """Write a prepared conversion as one GGUF file at OUT (atomically)."""
     out = Path(out)
-    check_output(out, force)
+    check_output(out, force, "gguf", [prepared.ckpt.path])
     ckpt, plan, vocab, outtype = prepared.ckpt, prepared.plan, prepared.vocab, prepared.outtype
     importance = None if prepared.imatrix is None else check_imatrix(prepared.imatrix, plan)  # fail before writing
-    with atomic_output(out, force, is_dir=False) as tmp:
+    with atomic_output(out, force, "gguf", [ckpt.path]) as tmp:
         if outtype in KQUANT_FTYPES:
             base = tmp.with_name(tmp.name + "." + intermediate_type(plan))
             try:

@@ -31,4 +31,9 @@ def metadata(reader) -> dict:
 
 
 def gguf_metadata(path: Path | str) -> dict:
-    return metadata(open_gguf(path))
+    """The metadata of a GGUF file about to be run, its claimed sizes checked (converters.limits)."""
+    from .limits import check_gguf_metadata
+
+    meta = metadata(open_gguf(path))
+    check_gguf_metadata(meta, path)
+    return meta

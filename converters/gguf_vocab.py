@@ -8,6 +8,8 @@ Two vocabularies are supported:
 - byte-level BPE (`tokenizer.json` only, llama.cpp model "gpt2"): vocab, merges and the pre-tokenizer
   llama.cpp must use, recognised from the split regex.
 The vocabulary is padded with unused `[PAD{id}]` tokens up to the embedding rows.
+generation_config.json's sampling values travel as `general.sampling.*` (do_sample false: temperature 0),
+so `minicpm chat` samples a GGUF file as it samples its folder.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from .checkpoint import read_json
 from .errors import UserError
-from .tokenizer import chat_template, sp_proto
+from .tokenizer import read_tokenizer_json, added_token_ids, chat_template, sp_proto
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # GGUF token types
 
@@ -36,22 +38,10 @@ class Vocab:
     add_space_prefix: bool | None = None
     remove_extra_whitespaces: bool | None = None
     chat_template: str | None = None
+    sampling: dict[str, float] = field(default_factory=dict)  # general.sampling.* key suffix -> value
 
     def __len__(self) -> int:
         return len(self.tokens)
-
-
-def _added_tokens(folder: Path) -> dict[int, tuple[str, bool]]:
-    """id -> (content, special) for tokens added on top of the base vocabulary."""
-    added: dict[int, tuple[str, bool]] = {}
-    if (folder / "added_tokens.json").is_file():
-        for content, i in read_json(folder / "added_tokens.json").items():
-            added[int(i)] = (content, True)
-    config = folder / "tokenizer_config.json"
-    if config.is_file():
-        for i, tok in (read_json(config).get("added_tokens_decoder") or {}).items():
-            added[int(i)] = (tok["content"], bool(tok.get("special", True)))
-    return added
 
 
 def _token_id(tokens: list[str], value) -> int | None:
@@ -69,10 +59,11 @@ def _token_id(tokens: list[str], value) -> int | None:
 def _ids(value) -> list[int]:
     if value is None:
         return []
-    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]  # others name no token
 
 
-def _sentencepiece(folder: Path) -> Vocab:
+def _sentencepiece(folder: Path, rows: int) -> Vocab:
     path = folder / "tokenizer.model"
     proto = sp_proto(path)
     if proto.trainer_spec.model_type not in (1, 2):  # UNIGRAM, BPE: both scored, merged by llama.cpp's SPM
@@ -80,7 +71,7 @@ def _sentencepiece(folder: Path) -> Vocab:
     tokens = [p.piece for p in proto.pieces]
     scores = [p.score for p in proto.pieces]
     types = [p.type for p in proto.pieces]
-    for i, (content, special) in sorted(_added_tokens(folder).items()):
+    for i, (content, special) in sorted(added_token_ids(folder, rows).items()):
         if i < len(tokens):
             if tokens[i] != content:
                 raise UserError(f"{folder}: added token {content!r} claims id {i}, which is {tokens[i]!r}")
@@ -125,9 +116,9 @@ def _split_regexes(pre: dict | None) -> tuple[str, ...]:
     return ()
 
 
-def _byte_level_bpe(folder: Path) -> Vocab:
+def _byte_level_bpe(folder: Path, rows: int) -> Vocab:
     path = folder / "tokenizer.json"
-    data = read_json(path)
+    data = read_tokenizer_json(path)
     model = data.get("model") or {}
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
         raise UserError(f"{path}: only byte-level BPE tokenizer.json is supported without a tokenizer.model")
@@ -136,12 +127,17 @@ def _byte_level_bpe(folder: Path) -> Vocab:
     if pre is None:
         raise UserError(f"{path}: pre-tokenizer {list(regexes)} is not one llama.cpp knows "
                         f"(known: {', '.join(PRE_TOKENIZERS.values())})")
-    by_id = {int(i): tok for tok, i in model["vocab"].items()}
+    by_id = {i: tok for tok, i in model.get("vocab", {}).items()}
     specials = {}
     for tok in data.get("added_tokens", []):
-        by_id[int(tok["id"])] = tok["content"]
-        specials[int(tok["id"])] = bool(tok.get("special"))
-    for i, (content, special) in _added_tokens(folder).items():
+        by_id[tok["id"]] = tok["content"]
+        specials[tok["id"]] = bool(tok.get("special"))
+    if not by_id:
+        raise UserError(f"{path}: empty vocabulary")
+    if max(by_id) >= rows:
+        raise UserError(f"{path}: token id {max(by_id)} is beyond the embedding's {rows} rows "
+                        "(tokenizer and weights do not belong together)")
+    for i, (content, special) in added_token_ids(folder, rows).items():
         by_id.setdefault(i, content)
         specials.setdefault(i, special)
     tokens, types = [], []
@@ -151,6 +147,9 @@ def _byte_level_bpe(folder: Path) -> Vocab:
             continue
         tokens.append(by_id[i])
         types.append((CONTROL if specials[i] else USER_DEFINED) if i in specials else NORMAL)
+    if not all(isinstance(m, str) or (isinstance(m, list) and all(isinstance(p, str) for p in m))
+               for m in model.get("merges", [])):
+        raise UserError(f"{path}: malformed merges (expected strings or pairs of strings)")
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     vocab = Vocab("gpt2", tokens, types, merges=merges, pre=pre, add_bos=False)
     # a post-processor that starts every sequence with a special token is how tokenizer.json adds BOS
@@ -176,9 +175,9 @@ def read_vocab(folder: Path, rows: int, config: dict) -> Vocab:
     """The folder's tokenizer padded to `rows` embedding rows; a larger tokenizer is an error."""
     folder = Path(folder)
     if (folder / "tokenizer.model").is_file():
-        vocab = _sentencepiece(folder)
+        vocab = _sentencepiece(folder, rows)
     elif (folder / "tokenizer.json").is_file():
-        vocab = _byte_level_bpe(folder)
+        vocab = _byte_level_bpe(folder, rows)
     else:
         raise UserError(f"{folder}: no tokenizer (tokenizer.model or tokenizer.json)")
     if len(vocab) > rows:
@@ -209,7 +208,19 @@ def read_vocab(folder: Path, rows: int, config: dict) -> Vocab:
         if isinstance(i, int) and 0 <= i < rows:
             vocab.special[key] = i
     vocab.chat_template = chat_template(folder)
+    vocab.sampling = _sampling(read_json(gen) if gen.is_file() else {})
     return vocab
+
+
+GGUF_SAMPLING = {"temperature": "temp", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "penalty_repeat"}
+
+
+def _sampling(gen: dict) -> dict[str, float]:
+    values = {key: gen[name] for name, key in GGUF_SAMPLING.items()
+              if isinstance(gen.get(name), (int, float)) and not isinstance(gen.get(name), bool)}
+    if gen.get("do_sample") is False:
+        values["temp"] = 0.0
+    return values
 
 
 def add_vocab(writer, vocab: Vocab) -> None:
@@ -235,3 +246,8 @@ def add_vocab(writer, vocab: Vocab) -> None:
         writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
+    for key, value in vocab.sampling.items():
+        if key == "top_k":
+            writer.add_int32(f"general.sampling.{key}", int(value))
+        else:
+            writer.add_float32(f"general.sampling.{key}", float(value))

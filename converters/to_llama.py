@@ -63,7 +63,7 @@ def write_llama(plan: LlamaPlan, out: Path | str, force: bool = False, max_shard
                 on_tensor: Callable[[str, int], None] | None = None) -> ConvertResult:
     """Write a plan as a Llama/Mixtral folder at OUT (atomically)."""
     limit = parse_size(max_shard_size)
-    with atomic_output(Path(out), force) as tmp:
+    with atomic_output(Path(out), force, "model", [plan.ckpt.path]) as tmp:
         files = write_sharded(tmp, plan.tensors, plan.dtype, limit, on_tensor)
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
         files += ["config.json"] + copy_tokenizer_files(plan.ckpt.path, tmp)

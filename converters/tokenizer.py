@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .checkpoint import TOKENIZER_FILES, read_json
 from .errors import UserError
+from .limits import INT_LIMITS, check_token_id
 
 
 @lru_cache(maxsize=8)
@@ -27,6 +28,10 @@ def sp_proto(model_file: Path):
         proto.ParseFromString(Path(model_file).read_bytes())
     except Exception as exc:
         raise UserError(f"{model_file}: not a sentencepiece model ({exc})") from None
+    if not proto.pieces:  # an empty file parses as an empty model
+        raise UserError(f"{model_file}: not a sentencepiece model (no pieces; empty or damaged file)")
+    if len(proto.pieces) > INT_LIMITS["vocab_size"]:
+        raise UserError(f"{model_file}: {len(proto.pieces)} pieces is beyond the limit {INT_LIMITS['vocab_size']}")
     return proto
 
 
@@ -71,12 +76,46 @@ def copy_tokenizer_files(src: Path, out: Path) -> list[str]:
     return written
 
 
+def added_token_ids(folder: Path, rows: int) -> dict[int, tuple[str, bool]]:
+    """id -> (content, special) for tokens added on top of the base vocabulary (added_tokens.json,
+    tokenizer_config.json's added_tokens_decoder), each id checked to lie in [0, rows)."""
+    added: dict[int, tuple[str, bool]] = {}
+    path = folder / "added_tokens.json"
+    if path.is_file():
+        for content, i in read_json(path).items():
+            added[check_token_id(i, path, rows)] = (content, True)
+    path = folder / "tokenizer_config.json"
+    if path.is_file():
+        decoder = read_json(path).get("added_tokens_decoder") or {}
+        if not isinstance(decoder, dict):
+            raise UserError(f"{path}: added_tokens_decoder must be an object")
+        for i, tok in decoder.items():
+            i = int(i) if isinstance(i, str) and i.isdigit() else i
+            if not isinstance(tok, dict) or not isinstance(tok.get("content"), str):
+                raise UserError(f"{path}: added token {i!r} has no content string"[:300])
+            added[check_token_id(i, path, rows)] = (tok["content"], bool(tok.get("special", True)))
+    return added
+
+
+def tokenizer_rows(folder: Path) -> int:
+    """How many token ids a folder's tokenizer files may use: its config's vocab_size (limits-checked)."""
+    if not (folder / "config.json").is_file():  # a tokenizer-only folder (tests build one before the model)
+        return INT_LIMITS["vocab_size"]
+    config = read_json(folder / "config.json")
+    vocab = config.get("vocab_size")
+    return vocab if isinstance(vocab, int) and 0 < vocab <= INT_LIMITS["vocab_size"] else INT_LIMITS["vocab_size"]
+
+
 def load_tokenizer(folder: Path):
     """A transformers tokenizer for a model folder, never running code from it."""
     from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
     folder = Path(folder)
     sp_model = folder / "tokenizer.model"
+    added_token_ids(folder, tokenizer_rows(folder))  # every id in range before transformers allocates for it
+    chat_template(folder)  # transformers reads it too: a template that is not UTF-8 is our one line first
+    if (folder / "tokenizer.json").is_file() and not sp_model.is_file():
+        read_tokenizer_json(folder / "tokenizer.json")
     try:
         if sp_model.is_file():
             from transformers import AddedToken
@@ -97,12 +136,48 @@ def load_tokenizer(folder: Path):
     raise UserError(f"{folder}: no tokenizer (tokenizer.model or tokenizer.json)")
 
 
+def read_tokenizer_json(path: Path) -> dict:
+    """tokenizer.json's model: a vocab of token -> id (ids in range) and merges, or one clear error."""
+    data = read_json(path)
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("vocab", {}), dict):
+        raise UserError(f"{path}: malformed (model.vocab must be an object of token -> id)")
+    vocab = model.get("vocab", {})
+    limit = INT_LIMITS["vocab_size"]
+    for token, i in vocab.items():
+        check_token_id(i, path, limit)
+    added = data.get("added_tokens") or []
+    if not isinstance(added, list) or not all(isinstance(t, dict) and isinstance(t.get("content"), str)
+                                              for t in added):
+        raise UserError(f"{path}: malformed (added_tokens must be a list of objects with content and id)")
+    for t in added:
+        check_token_id(t.get("id"), path, limit)
+    if not isinstance(model.get("merges", []), list):
+        raise UserError(f"{path}: malformed (model.merges must be a list)")
+    return data
+
+
+MAX_TEMPLATE_CHARS = 1 << 20  # published templates are under 10 KB
+
+
 def chat_template(folder: Path) -> str | None:
     path = folder / "tokenizer_config.json"
     template = read_json(path).get("chat_template") if path.is_file() else None
+    if isinstance(template, list):  # transformers' named templates: [{"name": "default", "template": ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is not None and not isinstance(template, str):
+        raise UserError(f"{path}: chat_template must be a string")
     jinja = folder / "chat_template.jinja"
     if template is None and jinja.is_file():
-        template = jinja.read_text(encoding="utf-8")
+        try:
+            if jinja.stat().st_size > MAX_TEMPLATE_CHARS:
+                raise UserError(f"{jinja}: beyond the limit of {MAX_TEMPLATE_CHARS} bytes for a chat template")
+            template = jinja.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{jinja}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if template is not None and len(template) > MAX_TEMPLATE_CHARS:
+        raise UserError(f"{path}: chat template beyond the limit of {MAX_TEMPLATE_CHARS} characters")
     return template
 
 

@@ -1,6 +1,8 @@
 """The `minicpm` command: parse arguments, call a stage, render its result."""
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 
 import typer
@@ -34,10 +36,34 @@ app.command()(inspect_verb.inspect)
 app.command()(quantize.quantize)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so every temporary is removed; exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminate_like_ctrl_c():
+    """SIGTERM and SIGHUP raise Terminated for the duration (main thread only, as Python requires)."""
+    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main() -> None:
     """Entry point: usage errors are one stderr line and exit 2, like every other bad input."""
     try:
-        code = app(standalone_mode=False)
+        with terminate_like_ctrl_c():
+            code = app(standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help())
         code = 0

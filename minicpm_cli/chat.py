@@ -1,23 +1,30 @@
 """`minicpm chat`: a streaming terminal chat with any MiniCPM artifact (folder or GGUF).
 
 Interactive on a terminal; with --prompt (or text piped on stdin) it prints one reply and exits.
+With a thinking template (one that reads `enable_thinking`) the reasoning streams dimmed and set apart from
+the answer; the one-shot reply prints only the answer unless --show-thinking asks for the reasoning too.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
 import typer
 from rich.text import Text
 
-from converters.atomic import atomic_output
+from converters.atomic import write_json
 from converters.errors import UsageError, UserError
 from .ui import console, err_console, stage
 
 HELP = """commands:
   /reset          forget the conversation (the system prompt stays)
   /system TEXT    set the system prompt (/system alone removes it)
-  /save FILE      write the conversation as JSON
+  /save FILE      write the conversation as JSON to a new FILE
+  /save --force FILE   replace FILE if it is a JSON file (an earlier transcript)
+  /think          thinking on (templates that read enable_thinking)
+  /no_think       thinking off
   /help           this help
   /exit           quit (or Ctrl-D); Ctrl-C stops a reply"""
 DEFAULT_CONTEXT = 4096
@@ -26,11 +33,15 @@ DEFAULT_CONTEXT = 4096
 class ChatSession:
     """A conversation with one model: history, prompt rendering, trimming and generation."""
 
-    def __init__(self, model, fmt, generator, sampling, system: str | None):
+    def __init__(self, model, fmt, generator, sampling, system: str | None, thinking: bool | None = None,
+                 sampling_sources: dict[str, str] | None = None):
         self.model, self.fmt, self.generator, self.sampling = model, fmt, generator, sampling
         self.system = system
+        self.thinking = thinking  # enable_thinking for the template; None: the template's own default
+        self.sampling_sources = sampling_sources or {}
         self.messages: list[dict] = []  # user / assistant turns, oldest first
         self.dropped = 0  # messages left out of the last prompt to fit the context
+        self.opens_thinking = False  # the last prompt ended inside <think>
 
     def conversation(self, user: str) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -42,35 +53,62 @@ class ChatSession:
         # leave the reply room to grow: its budget, but never more than half the context
         budget = self.generator.n_ctx - min(self.sampling.max_new_tokens, self.generator.n_ctx // 2)
         messages = self.conversation(user)
-        kept, _ = trim_history(messages, lambda m: len(encode_prompt(self.model, self.fmt, m)), budget)
+        think = self.thinking
+        kept, _ = trim_history(messages, lambda m: len(encode_prompt(self.model, self.fmt, m, think)), budget)
         self.dropped = len(messages) - len(kept)
-        return encode_prompt(self.model, self.fmt, kept)
+        if self.fmt.thinks:
+            from runtime.thinking import prompt_opens_thinking
 
-    def reply(self, user: str, write) -> str:
-        """Stream one reply through write(text); it joins the history even if Ctrl-C cut it short."""
+            self.opens_thinking = prompt_opens_thinking(self.fmt.render(kept, enable_thinking=think))
+        return encode_prompt(self.model, self.fmt, kept, think)
+
+    def reply(self, user: str, write, write_reasoning=None, interrupted=lambda: False) -> str:
+        """Stream one reply's answer through write(text) and, with a thinking template, its reasoning
+        through write_reasoning(text) (if given), until it ends or interrupted() turns true (asked after
+        every token); it joins the history even if Ctrl-C cut it short."""
+        from runtime.thinking import ThinkingSplitter
+
         ids = self.prompt_ids(user)
+        split = ThinkingSplitter(self.opens_thinking) if self.fmt.thinks else None
         parts: list[str] = []
-        stream = self.generator.stream(ids, self.sampling)
+
+        def show(segments):
+            for kind, text in segments:
+                if kind == "answer":
+                    write(text)
+                elif write_reasoning is not None:
+                    write_reasoning(text)
+
+        stream = self.generator.stream(ids, self.sampling, interrupted)
         try:
             for piece in stream:
+                if split is not None:
+                    show(split.push(piece))
+                    continue
                 if not parts:  # a reply starts at its first visible character ("▁The" -> "The")
                     piece = piece.lstrip()
                     if not piece:
                         continue
                 parts.append(piece)
                 write(piece)
+            if split is not None:
+                show(split.flush())
         except KeyboardInterrupt:  # it may land here, between tokens, rather than in the generator
             self.generator.stats.stop = "interrupted"
-            self._remember(user, parts)
+            self._remember(user, parts, split)
             raise
         finally:
             stream.close()  # settles the stats
-        return self._remember(user, parts)
+        return self._remember(user, parts, split)
 
-    def _remember(self, user: str, parts: list[str]) -> str:
-        reply = "".join(parts)
-        self.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-        return reply
+    def _remember(self, user: str, parts: list[str], split=None) -> str:
+        """Keep the turn; a reasoning goes in `reasoning_content`, for the template to keep or drop."""
+        answer = "".join(split.answer if split is not None else parts)
+        message = {"role": "assistant", "content": answer}
+        if split is not None and split.reasoning:
+            message["reasoning_content"] = "".join(split.reasoning)
+        self.messages += [{"role": "user", "content": user}, message]
+        return answer
 
     def close(self) -> None:
         """Free llama.cpp's model now (left to interpreter shutdown, its finaliser prints a traceback)."""
@@ -79,6 +117,7 @@ class ChatSession:
     def transcript(self) -> dict:
         s = self.sampling
         return {"model": str(self.model.path), "backend": self.model.backend, "template": self.fmt.source,
+                "enable_thinking": self.thinking,
                 "sampling": {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
                              "repetition_penalty": s.repetition_penalty, "max_new_tokens": s.max_new_tokens,
                              "seed": s.seed},
@@ -100,14 +139,44 @@ def write_stream(text: str) -> None:
     sys.stdout.flush()
 
 
-def save_transcript(session: ChatSession, arg: str) -> str:
-    import json
+class ReplyWriter:
+    """Writes one reply to stdout: the reasoning (if shown) set apart, then the answer.
 
+    On a terminal the reasoning is dim (SGR 2) and a blank line separates it from the answer; in a pipe it
+    keeps the model's own `<think>` … `</think>` markers, so the two stay apart in plain text too.
+    """
+
+    def __init__(self, show_reasoning: bool):
+        self.show = show_reasoning
+        self.tty = sys.stdout.isatty()
+        self.open = False
+
+    def reasoning(self, text: str) -> None:
+        if not self.show:
+            return
+        if not self.open:
+            write_stream("\033[2m" if self.tty else "<think>\n")
+            self.open = True
+        write_stream(text)
+
+    def answer(self, text: str) -> None:
+        self.close()
+        write_stream(text)
+
+    def close(self) -> None:
+        if self.open:
+            write_stream("\033[22m\n\n" if self.tty else "\n</think>\n\n")
+            self.open = False
+
+
+def save_transcript(session: ChatSession, arg: str) -> str:
+    """`/save [--force] FILE`: the same output policy as every verb's OUT (converters.atomic)."""
+    force = arg.startswith("--force ") or arg == "--force"
+    arg = arg.removeprefix("--force").strip() if force else arg
     if not arg:
         raise UsageError("/save needs a file name: /save FILE")
     path = Path(arg).expanduser()
-    with atomic_output(path, force=True, is_dir=False) as tmp:
-        tmp.write_text(json.dumps(session.transcript(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, session.transcript(), force, [session.model.path])
     return f"saved {len(session.messages)} messages to {path}"
 
 
@@ -126,6 +195,13 @@ def command(session: ChatSession, line: str) -> bool:
         session.system = arg or None
         console.print(f"system prompt set: {arg}" if arg else "system prompt removed", style="dim",
                       highlight=False, markup=False)
+    elif name in ("/think", "/no_think"):
+        if not session.fmt.thinks:
+            err_console.print(f"{name}: the chat template ({session.fmt.source}) does not read enable_thinking",
+                              style="red", highlight=False, markup=False)
+        else:
+            session.thinking = name == "/think"
+            console.print(f"thinking {'on' if session.thinking else 'off'}", style="dim")
     elif name == "/save":
         try:
             console.print(save_transcript(session, arg), style="dim", highlight=False, markup=False)
@@ -136,7 +212,13 @@ def command(session: ChatSession, line: str) -> bool:
     return True
 
 
-def interactive(session: ChatSession) -> None:
+def _unless_terminated(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C stops a reply; SIGTERM/SIGHUP (app.Terminated) end the chat."""
+    if hasattr(exc, "signum"):
+        raise exc
+
+
+def interactive(session: ChatSession, show_reasoning: bool = True) -> None:
     try:
         import readline  # noqa: F401  (gives input() line editing and history)
     except ImportError:  # pragma: no cover - Windows
@@ -148,7 +230,8 @@ def interactive(session: ChatSession) -> None:
         except EOFError:  # Ctrl-D
             sys.stdout.write("\n")
             return
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh line
+        except KeyboardInterrupt as exc:  # Ctrl-C at the prompt: a fresh line
+            _unless_terminated(exc)
             sys.stdout.write("\n")
             continue
         if not line:
@@ -158,41 +241,84 @@ def interactive(session: ChatSession) -> None:
                 if not command(session, line):
                     return
                 continue
-            turn(session, line)
-        except KeyboardInterrupt:  # Ctrl-C just after a reply or during a command: back to the prompt
+            turn(session, line, show_reasoning)
+        except KeyboardInterrupt as exc:  # Ctrl-C just after a reply or during a command: back to the prompt
+            _unless_terminated(exc)
             sys.stdout.write("\n")
 
 
-def turn(session: ChatSession, line: str) -> None:
-    """One exchange: stream the reply, then the dim stats line. Ctrl-C ends the reply early."""
+@contextlib.contextmanager
+def ctrl_c_ends_reply():
+    """While a reply streams, Ctrl-C ends it after the token in progress; a second Ctrl-C raises
+    KeyboardInterrupt at once (e.g. during a long prompt's prefill). Yields interrupted() for reply().
+
+    A flag asked between tokens rather than Python's own KeyboardInterrupt: that exception is raised
+    in whatever Python code runs when the handler runs, and code called from C that discards errors
+    (finalizers, __eq__ under a dictionary lookup, attribute probes) drops it, and the reply goes on
+    to its end (issue 11 saw a ^C echoed mid-reply, then 150 more tokens until the context was full).
+    A flag cannot be dropped.
+    """
+    pressed = False
+
+    def on_sigint(signum, frame):
+        nonlocal pressed
+        if pressed:
+            raise KeyboardInterrupt
+        pressed = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        session.reply(line, write_stream)
-    except KeyboardInterrupt:
-        pass
+        yield lambda: pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def turn(session: ChatSession, line: str, show_reasoning: bool = True) -> None:
+    """One exchange: stream the reply, then the dim stats line. Ctrl-C ends the reply early."""
+    out = ReplyWriter(show_reasoning)
+    try:
+        with ctrl_c_ends_reply() as interrupted:
+            session.reply(line, out.answer, out.reasoning, interrupted)
+    except KeyboardInterrupt as exc:
+        _unless_terminated(exc)
     except UserError as exc:  # e.g. a message too long for the context: the chat goes on
+        out.close()
         err_console.print(f"error: {exc}", style="red", highlight=False, markup=False)
         return
+    finally:
+        out.close()
     sys.stdout.write("\n")
     console.print(stats_line(session.generator.stats, session.dropped))
 
 
-def one_shot(session: ChatSession, text: str) -> None:
+def one_shot(session: ChatSession, text: str, show_reasoning: bool = False) -> None:
+    out = ReplyWriter(show_reasoning)
     try:
-        session.reply(text, write_stream)
-    except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        raise typer.Exit(130) from None
+        with ctrl_c_ends_reply() as interrupted:
+            session.reply(text, out.answer, out.reasoning, interrupted)
+        stopped = interrupted()
+    except KeyboardInterrupt as exc:
+        _unless_terminated(exc)
+        stopped = True
+    out.close()
     sys.stdout.write("\n")
+    if stopped:
+        raise typer.Exit(130)
 
 
 def open_session(model_path: Path, sampling, system: str | None = None, device: str = "auto",
-                 context: int | None = None, template: Path | None = None, threads: int | None = None):
-    """Load a model and its chat format: a ChatSession ready for reply()."""
+                 context: int | None = None, template: Path | None = None, threads: int | None = None,
+                 thinking: bool | None = None):
+    """Load a model and its chat format: a ChatSession ready for reply().
+
+    sampling: a Sampling, or a dict of the values the user gave (None: not given), completed from the
+    model's generation config and then the project's defaults."""
     from transformers.utils import logging as transformers_logging
 
     from runtime.chat_prompt import chat_format, end_of_turn_ids
     from runtime.generate import Generator
     from runtime.load import open_model
+    from runtime.model_defaults import generation_stop_ids, resolve_sampling
 
     if not model_path.exists():
         raise UsageError(f"{model_path}: no such file or directory")
@@ -206,6 +332,8 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
             template_text = template.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--template {template}: cannot be read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"--template {template}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     transformers_logging.set_verbosity_error()  # config advice and loading bars are not for a chat screen
     transformers_logging.disable_progress_bar()
     with err_console.status(f"loading {model_path.name}"):
@@ -214,8 +342,14 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
         model = open_model(model_path, device, n_ctx=context, threads=threads, logits_all=False)
     n_ctx = model.context_room(context or min(model.max_positions or DEFAULT_CONTEXT, DEFAULT_CONTEXT))
     fmt = chat_format(model, template_text)
-    generator = Generator(model, n_ctx, end_of_turn_ids(model, fmt))
-    return ChatSession(model, fmt, generator, sampling, system)
+    if thinking is not None and not fmt.thinks:
+        raise UsageError(f"--{'think' if thinking else 'no-think'}: the chat template ({fmt.source}) does not "
+                         "read enable_thinking")
+    sources = None
+    if isinstance(sampling, dict):
+        sampling, sources = resolve_sampling(sampling, model)
+    generator = Generator(model, n_ctx, end_of_turn_ids(model, fmt) | generation_stop_ids(model))
+    return ChatSession(model, fmt, generator, sampling, system, thinking, sources)
 
 
 @stage
@@ -223,27 +357,36 @@ def chat(
     model: Path = typer.Argument(..., help="MiniCPM / llama-format / quantized / MiniCPM3 folder, or a .gguf file."),
     system: str = typer.Option(None, "--system", help="System prompt."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="Print one reply to this and exit (also: pipe text on stdin)."),
-    temperature: float = typer.Option(0.7, help="0: greedy, deterministic."),
-    top_p: float = typer.Option(0.8, "--top-p", help="Nucleus sampling mass (1: off)."),
-    top_k: int = typer.Option(0, "--top-k", help="Sample from the k likeliest tokens (0: off)."),
-    repetition_penalty: float = typer.Option(1.02, "--repetition-penalty", help="Over the last 64 reply tokens (1: off)."),
+    temperature: float = typer.Option(None, help="0: greedy, deterministic. Default: the model's generation config, else 0.7."),
+    top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling mass (1: off). Default: the model's, else 0.8."),
+    top_k: int = typer.Option(None, "--top-k", help="Sample from the k likeliest tokens (0: off). Default: the model's, else 0."),
+    repetition_penalty: float = typer.Option(None, "--repetition-penalty", help="Over the last 64 reply tokens (1: off). Default: the model's, else 1.02."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest reply, in tokens."),
     seed: int = typer.Option(None, "--seed", help="Random seed for sampling (default: a fresh one)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     context: int = typer.Option(None, "--context", help=f"Context window in tokens (default: the model's, at most {DEFAULT_CONTEXT})."),
     template: Path = typer.Option(None, "--template", help="A Jinja chat template file to use instead of the model's."),
     threads: int = typer.Option(None, "--threads", help="CPU threads (default: every core)."),
+    think: bool = typer.Option(None, "--think/--no-think", help="Thinking on or off (templates that read enable_thinking; default: the template's own)."),
+    show_thinking: bool = typer.Option(None, "--show-thinking/--hide-thinking", help="Show the reasoning, dimmed (default: shown in the chat, hidden with --prompt)."),
 ):
     """Chat with a model in the terminal; the reply streams as it is generated."""
     from runtime.generate import Sampling
+    from runtime.model_defaults import describe
 
-    sampling = Sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed).check()
+    given = {"temperature": temperature, "top_p": top_p, "top_k": top_k,
+             "repetition_penalty": repetition_penalty, "max_new_tokens": max_new_tokens, "seed": seed}
+    Sampling(**{k: v for k, v in given.items() if v is not None}).check()  # bad flags fail before loading
     if prompt is None and sys.stdin.isatty():
-        session = open_session(model, sampling, system, device, context, template, threads)
+        session = open_session(model, given, system, device, context, template, threads, think)
+        mode = ""
+        if session.fmt.thinks:
+            mode = " · thinking " + {True: "on", False: "off", None: "as the template decides"}[think] + " (/think, /no_think)"
         console.print(Text(f"{model} · {session.model.backend} · template: {session.fmt.source} · "
-                           f"context {session.generator.n_ctx} · /help for commands, Ctrl-D to quit", style="dim"))
+                           f"context {session.generator.n_ctx}{mode} · /help for commands, Ctrl-D to quit\n"
+                           f"sampling: {describe(session.sampling, session.sampling_sources)}", style="dim"))
         try:
-            interactive(session)
+            interactive(session, show_thinking is not False)
         finally:
             session.close()
         return
@@ -251,8 +394,8 @@ def chat(
         prompt = sys.stdin.read()
         if not prompt.strip():
             raise UsageError("no prompt: give --prompt TEXT or pipe text on stdin")
-    session = open_session(model, sampling, system, device, context, template, threads)
+    session = open_session(model, given, system, device, context, template, threads, think)
     try:
-        one_shot(session, prompt)
+        one_shot(session, prompt, bool(show_thinking))
     finally:
         session.close()

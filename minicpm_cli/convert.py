@@ -28,12 +28,15 @@ def convert(
     fold: bool = typer.Option(False, "--fold", help="--to gguf: write the muP-folded model as plain llama "
                               "(MoE: llama with experts) instead of the native minicpm architecture."),
     imatrix: Path = typer.Option(None, "--imatrix", help="--to gguf k-quants: llama-imatrix importance matrix."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT (and --json FILE) if it is an earlier output "
+                               "of this kind (a model folder, a GGUF file, a JSON file)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
 ):
     """Convert a MiniCPM checkpoint: fold muP into a plain Llama (--to llama) or write GGUF (--to gguf)."""
     start = time.perf_counter()
-    check_output(out, force)
+    check_output(out, force, "model" if to is Target.llama else "gguf", [src])
+    if json_out:
+        check_output(json_out, force, "json", [src])
     if to is Target.llama:
         result = _convert_llama(src, out, dtype, max_shard_size, force)
         detail = [["dtype", result.dtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)],
@@ -46,7 +49,8 @@ def convert(
             *detail, ["time", f"{seconds:.2f} s"]]
     console.print(table("convert", ["", "value"], rows))
     if json_out:
-        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **jsonable(result)})
+        write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **jsonable(result)},
+                   force, [src])
 
 
 def _convert_llama(src: Path, out: Path, dtype: str, max_shard_size: str, force: bool):

@@ -61,16 +61,18 @@ def eval_ppl(
     compare: Path = typer.Option(None, "--compare", help="Score B on the same ids as MODEL: KL, top-1 agreement."),
     json_out: Path = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
     plot: Path = typer.Option(None, "--plot", help="Draw perplexity against size on disk (.png, .svg, .pdf)."),
+    force: bool = typer.Option(False, "--force", help="Replace --json / --plot files that are earlier outputs."),
 ):
     """Perplexity (± stderr), tokens/s, peak memory and size of each MODEL on the same text."""
     from runtime.perplexity import check_model_path, compare as compare_models, evaluate, load_text
     from runtime.plot import plot_format
 
-    for out in (json_out, plot):
-        if out is not None:
-            check_output(out, force=True)  # the folder must exist and be writable; reruns overwrite
+    sources = [*models, *([compare] if compare else [])]
     if plot is not None:
         plot_format(plot)
+    for out, kind in ((json_out, "json"), (plot, "plot")):
+        if out is not None:
+            check_output(out, force, kind, sources)  # before minutes of scoring
     if compare is not None and len(models) != 1:
         raise UsageError("--compare B takes exactly one MODEL (the reference A)")
     for path in [*models, *([compare] if compare else [])]:
@@ -82,7 +84,8 @@ def eval_ppl(
     options = dict(ctx=ctx, stride=stride, max_tokens=max_tokens, batch_size=batch_size, device=device,
                    dtype=dtype, threads=threads, progress=token_progress)
     if compare is not None:
-        return _render_compare(compare_models(models[0], compare, text, **options), source, ctx, json_out)
+        return _render_compare(compare_models(models[0], compare, text, **options), source, ctx, json_out,
+                               force, sources)
     result = evaluate(models, text, **options)
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -109,14 +112,14 @@ def eval_ppl(
                       highlight=False, markup=False)
     if json_out:
         write_json(json_out, {"dataset": source, "ctx": ctx, "stride": stride, "device": result.device,
-                              "models": result.results})
+                              "models": result.results}, force, sources)
     if plot:
         from runtime.plot import plot_ppl_vs_size
 
-        plot_ppl_vs_size(result.results, plot, f"perplexity vs size: {source}, ctx {ctx}")
+        plot_ppl_vs_size(result.results, plot, f"perplexity vs size: {source}, ctx {ctx}", force, sources)
 
 
-def _render_compare(c, source: str, ctx: int, json_out: Path | None) -> None:
+def _render_compare(c, source: str, ctx: int, json_out: Path | None, force: bool, sources) -> None:
     rows = [["A", escape(c.a)], ["B", escape(c.b)], ["dataset", escape(source)], ["tokens", f"{c.tokens} (ctx {ctx})"],
             ["KL(A‖B) mean", f"{c.kl_mean:.3e} nats"], ["KL(A‖B) p99", f"{c.kl_p99:.3e} nats"],
             ["KL(A‖B) max", f"{c.kl_max:.3e} nats"], ["top-1 agreement", f"{100 * c.top1_agreement:.2f}%"],
@@ -127,4 +130,4 @@ def _render_compare(c, source: str, ctx: int, json_out: Path | None) -> None:
     if c.note:
         console.print(f"note: {c.note}", highlight=False, markup=False)
     if json_out:
-        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": c})
+        write_json(json_out, {"dataset": source, "ctx": ctx, "compare": c}, force, sources)

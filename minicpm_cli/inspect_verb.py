@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+from converters.atomic import check_output
 from .ui import console, human_bytes, stage, table, write_json
 
 
@@ -12,10 +13,13 @@ from .ui import console, human_bytes, stage, table, write_json
 def inspect(
     model: Path = typer.Argument(..., help="A model folder (MiniCPM, Llama, quantized) or a .gguf file."),
     json_out: Path = typer.Option(None, "--json", help="Also write the description as JSON to this file."),
+    force: bool = typer.Option(False, "--force", help="Replace --json FILE if it is a JSON file."),
 ):
     """Describe a model: family, parameters, dtypes, muP scalars, quantization, context, tokenizer, size."""
     from converters.describe import inspect_model
 
+    if json_out:
+        check_output(json_out, force, "json", [model])
     info = inspect_model(model)
     shown = dict(info)
     shown["parameters"] = f"{info['parameters'] / 1e6:,.2f} M"
@@ -31,7 +35,7 @@ def inspect(
     console.print(table(f"inspect {model}", ["field", "value"],
                         [[k.replace("_bytes", ""), v] for k, v in shown.items() if k != "path"]))
     if json_out:
-        write_json(json_out, info)
+        write_json(json_out, info, force, [model])
 
 
 def agreement_line(agreement: dict | None) -> str:

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from converters.atomic import check_output
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
@@ -64,7 +65,8 @@ def quantize(
     ignore: list[str] = typer.Option(["lm_head"], "--ignore", help="Module names left in float (repeat the option; 'none' for none)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT (and --json FILE) if it is an earlier output "
+                               "of this kind (a model folder, a JSON file)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
 ):
     """Quantize a model to 4/8 bits with AWQ, GPTQ or bitsandbytes; OUT loads in transformers and vLLM."""
@@ -74,6 +76,8 @@ def quantize(
         method=method.value, bits=bits, group_size=group_size, calib=calib, num_samples=num_samples,
         seq_len=seq_len, sym=sym, act_order=act_order, bnb_type=bnb_type.value if bnb_type else None,
         double_quant=double_quant, ignore=tuple(i for i in ignore if i.lower() != "none"), device=device, seed=seed)
+    if json_out:
+        check_output(json_out, force, "json", [src])
     with layer_progress() as progress:
         result = run_quantize(src, out, opts, force=force, progress=progress)
     calibration = result.calibration
@@ -87,4 +91,4 @@ def quantize(
             ["device", result.device], ["time", f"{result.seconds:.1f} s"]] + [["note", n] for n in result.notes]
     console.print(table("quantize", ["", "value"], rows))
     if json_out:
-        write_json(json_out, result)
+        write_json(json_out, result, force, [src])

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import typer
@@ -29,9 +28,9 @@ def stage(fn):
         except UserError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (app.Terminated, which has .signum)
             err_console.print("[bold red]interrupted[/]: nothing was written", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
     return run
 
 
@@ -70,8 +69,11 @@ def jsonable(data):
     return data
 
 
-def write_json(path, data) -> None:
-    Path(path).write_text(json.dumps(jsonable(data), indent=2) + "\n")
+def write_json(path, data, force: bool = False, sources=()) -> None:
+    """--json FILE under the output policy (converters.atomic)."""
+    from converters.atomic import write_json as write_output
+
+    write_output(Path(path), jsonable(data), force, sources)
 
 
 def human_bytes(n: float) -> str:

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from converters.atomic import atomic_output, check_output
-from converters.checkpoint import Checkpoint, model_folder, read_json
+from converters.checkpoint import Checkpoint, model_folder, read_config
 from converters.errors import UsageError, UserError
 from converters.shapes import check_checkpoint
 from converters.tensors import declared_dtype, resolve_dtype
@@ -210,9 +210,7 @@ def library_error(exc: Exception) -> str:
 def copy_tokenizer(src: Path, out: Path) -> None:
     from converters.tokenizer import copy_tokenizer_files
 
-    copy_tokenizer_files(src, out)
-    if (src / "chat_template.jinja").is_file():
-        shutil.copyfile(src / "chat_template.jinja", out / "chat_template.jinja")
+    copy_tokenizer_files(src, out)  # chat_template.jinja included
 
 
 # --- the phases: prepare -> quantize (calibrating where the method does) -> save -----------------------
@@ -239,14 +237,16 @@ def prepare(src: Path | str, out: Path | str, opts: QuantizeOptions, force: bool
 
     src, out = Path(src), Path(out)
     resolve_options(opts)  # option errors first, before touching files
-    check_output(out, force)
+    check_output(out, force, "model", [src])
     folder = model_folder(src)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "some method")
         raise UsageError(f"{folder}: already quantized ({method}); quantize the float model instead")
     ckpt = Checkpoint(folder)
     check_checkpoint(ckpt)  # before calibration data is fetched or anything is computed
+    for name in ckpt.names:  # one streaming read: a NaN/inf weight is an error before minutes of work
+        ckpt.get(name)
     config, family = ckpt.config, ckpt.family  # with OpenBMB's defaults (v_head_dim, muP) filled in
     opts = resolve_options(opts, moe=family.moe)
     check_group_size(opts, config, family)
@@ -384,7 +384,7 @@ def quantize(src: Path | str, out: Path | str, opts: QuantizeOptions, force: boo
     start = time.perf_counter()
     job = prepare(src, out, opts, force)
     progress = progress or (lambda description, total: (lambda: None))
-    with atomic_output(job.out, force) as tmp, quiet():
+    with atomic_output(job.out, force, "model", [job.folder]) as tmp, quiet():
         model = job.method.quantize(job, tmp, progress)
         if before_save is not None:
             before_save(model)

@@ -5,11 +5,22 @@ The template comes from the model (tokenizer_config.json / chat_template.jinja f
 `<用户>…<AI>` or MiniCPM3/4's ChatML, picked by whether the vocabulary has `<|im_start|>`.
 The rendered text is encoded by the model's own tokenizer with special tokens parsed, so both
 backends see the same ids.
+
+Templates render in jinja2's ImmutableSandboxedEnvironment with what transformers gives them: `tojson`
+with ensure_ascii / indent / separators / sort_keys (MiniCPM5's tool section calls
+`tojson(ensure_ascii=False)`, which plain jinja2's tojson rejects), `raise_exception` and `strftime_now`.
+A template that reads `enable_thinking` (MiniCPM5, MiniCPM4.1) is a thinking template: the variable is passed
+only when the user chose (--think / --no-think), since "undefined" is a third mode of its own.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from converters.errors import UserError
 
@@ -27,25 +38,83 @@ CHATML_TEMPLATE = (
 END_OF_TURN = ("<|im_end|>", "<用户>")
 
 
+# A template is code from the model folder: it renders under a budget, so a loop cannot hang the chat
+# and `'x' * 10**10` cannot take the memory. Published templates render in about a millisecond.
+RENDER_SECONDS = 2.0
+RENDER_CHARS = 1 << 20
+
+
+class TemplateBudgetExceeded(Exception):
+    pass
+
+
+class BudgetedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with `*` and `**` refused when their result would be larger than the render budget."""
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > RENDER_CHARS:
+                    raise TemplateBudgetExceeded(f"a repetition of {len(seq)} x {n} items")
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1024:
+            raise TemplateBudgetExceeded(f"a power with exponent {right}")
+        return super().call_binop(context, operator, left, right)
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float):
+    """Raise TemplateBudgetExceeded in this (main) thread after `seconds` of wall time (SIGALRM)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield  # other threads cannot take signals; the size budget still holds
+        return
+
+    def expire(signum, frame):
+        raise TemplateBudgetExceeded(f"rendering took more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def compile_template(source: str, where: str):
     """A jinja2 template compiled the way transformers compiles chat templates (sandboxed)."""
     import json
 
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+    env = BudgetedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
-        x, indent=indent, ensure_ascii=ensure_ascii)
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(format):
+        from datetime import datetime
+
+        return datetime.now().strftime(format)
+
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateError as exc:
         raise UserError(f"{where}: chat template does not compile ({exc})") from None
+
+
+def template_variables(source: str) -> set[str]:
+    """The variables a template reads from its caller."""
+    import jinja2
+    from jinja2 import meta
+
+    return meta.find_undeclared_variables(jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(source))
 
 
 @dataclass
@@ -59,11 +128,26 @@ class ChatFormat:
 
     def __post_init__(self):
         self._compiled = compile_template(self.template, self.source)
+        self.thinks = "enable_thinking" in template_variables(self.template)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, **variables) -> str:
+        """The conversation as text; `variables` (enable_thinking, tools, ...) are passed unless None."""
+        variables = {k: v for k, v in variables.items() if v is not None}
+        budget = RENDER_CHARS + sum(len(str(m.get("content", ""))) for m in messages)  # room for the messages
         try:
-            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
+            parts, size = [], 0
+            with time_budget(RENDER_SECONDS):
+                for part in self._compiled.generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                    bos_token=self.bos_token, eos_token=self.eos_token,
+                                                    **variables):
+                    size += len(part)
+                    if size > budget:
+                        raise TemplateBudgetExceeded(f"the output passed {budget} characters")
+                    parts.append(part)
+            return "".join(parts)
+        except TemplateBudgetExceeded as exc:
+            raise UserError(f"chat template ({self.source}) exceeds its budget: {exc} (a hostile or broken "
+                            "template)") from None
         except Exception as exc:  # jinja errors, and template code failing on the messages
             raise UserError(f"chat template ({self.source}) failed to render: {type(exc).__name__}: {exc}") from None
 
@@ -104,12 +188,12 @@ def end_of_turn_ids(model, fmt: ChatFormat) -> set[int]:
     return ids
 
 
-def encode_prompt(model, fmt: ChatFormat, messages: list[dict]) -> list[int]:
+def encode_prompt(model, fmt: ChatFormat, messages: list[dict], enable_thinking: bool | None = None) -> list[int]:
     """Rendered and tokenized prompt ids, special tokens parsed, BOS added unless the template wrote it.
 
     MiniCPM's templates write no BOS: its chat() tokenizes the rendered text with BOS added, as here.
     """
-    text = fmt.render(messages)
+    text = fmt.render(messages, enable_thinking=enable_thinking)
     template_wrote_bos = bool(fmt.bos_token) and text.startswith(fmt.bos_token)
     return model.tokenizer.encode(text, add_special_tokens=not template_wrote_bos)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -33,6 +33,12 @@ class Sampling:
     seed: int | None = None
 
     def check(self) -> "Sampling":
+        import math
+
+        for name, value in (("--temperature", self.temperature), ("--top-p", self.top_p),
+                            ("--repetition-penalty", self.repetition_penalty)):
+            if not math.isfinite(value):
+                raise UsageError(f"{name} {value}: must be a finite number")
         if self.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
         if self.temperature < 0:
@@ -155,10 +161,13 @@ class Generator:
     def text_stream(self, context: list[int]):
         return self.model.text_stream(context)
 
-    def stream(self, prompt_ids: list[int], s: Sampling) -> Iterator[str]:
+    def stream(self, prompt_ids: list[int], s: Sampling,
+               interrupted: Callable[[], bool] = lambda: False) -> Iterator[str]:
         """Yield the reply's text as it is generated; self.stats describes it once the iterator ends.
 
-        A KeyboardInterrupt (Ctrl-C) propagates after stats are set (stop == "interrupted").
+        interrupted() is asked after every token: once it is true the reply ends there (stop ==
+        "interrupted"), so a reply stops within one token of it whatever the speed. A KeyboardInterrupt
+        also propagates after stats are set (stop == "interrupted").
         """
         s.check()
         if len(prompt_ids) >= self.n_ctx:
@@ -180,6 +189,9 @@ class Generator:
                 piece = text.push(token)
                 if piece:
                     yield piece
+                if interrupted():
+                    stats.stop = "interrupted"
+                    break
                 if len(generated) >= s.max_new_tokens:
                     stats.stop = "length"
                     break

@@ -8,6 +8,7 @@ one interface (LoadedModel) over both; no other module compares backends.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from converters.checkpoint import Checkpoint, model_folder, read_json
+from converters.checkpoint import Checkpoint, model_folder, read_config
 from converters.errors import UsageError, UserError
 from converters.families import family_of
 from converters.gguf_read import is_gguf
@@ -133,12 +134,29 @@ class HFModel(LoadedModel):
         with torch.inference_mode():
             return self.model(input_ids=x, use_cache=False, logits_to_keep=keep).logits
 
+    def shipped_sampling(self) -> tuple[dict, str, list]:
+        """(sampling values, where from, eos ids) of generation_config.json (see runtime.model_defaults)."""
+        path = self.path / "generation_config.json"
+        config = read_json(path) if path.is_file() else {}
+        if not isinstance(config, dict):
+            raise UserError(f"{path}: expected a JSON object")
+        values = {k: config[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty")
+                  if isinstance(config.get(k), (int, float)) and not isinstance(config.get(k), bool)}
+        if config.get("do_sample") is False:  # transformers: greedy, whatever temperature says
+            values["temperature"] = 0.0
+        eos = config.get("eos_token_id")
+        return values, "generation_config.json", eos if isinstance(eos, list) else [] if eos is None else [eos]
+
     def template_info(self) -> tuple[str | None, str, str, str]:
+        from converters.checkpoint import read_json
         from converters.tokenizer import chat_template
 
         tok = self.tokenizer
-        return (chat_template(self.path), f"{self.path.name}/tokenizer_config.json",
-                tok.bos_token or "", tok.eos_token or "")
+        config = self.path / "tokenizer_config.json"
+        in_config = config.is_file() and read_json(config).get("chat_template") is not None
+        where = "tokenizer_config.json" if in_config or not (self.path / "chat_template.jinja").is_file() \
+            else "chat_template.jinja"  # MiniCPM5 ships its template as a file of its own
+        return chat_template(self.path), f"{self.path.name}/{where}", tok.bos_token or "", tok.eos_token or ""
 
     def text_stream(self, context: list[int]):
         from .generate import HFTextStream
@@ -171,6 +189,13 @@ class GGUFModel(LoadedModel):
             view = torch.from_numpy(llama.scores[len(seq) - keep: len(seq)])
             rows.append(view if len(inputs) == 1 else view.clone())
         return torch.stack(rows) if len(rows) > 1 else rows[0][None]
+
+    def shipped_sampling(self) -> tuple[dict, str, list]:
+        """(sampling values, where from, eos ids): the general.sampling.* keys convert copies."""
+        meta = self.model.metadata or {}
+        keys = {"temperature": "temp", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "penalty_repeat"}
+        values = {k: meta[f"general.sampling.{key}"] for k, key in keys.items() if f"general.sampling.{key}" in meta}
+        return values, "GGUF metadata", []
 
     def template_info(self) -> tuple[str | None, str, str, str]:
         llama = self.model
@@ -234,12 +259,14 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
     from transformers import AutoModelForCausalLM
 
     folder = model_folder(path)
-    config = read_json(folder / "config.json")
+    config = read_config(folder)
     quant = config.get("quantization_config")
     dtype = dtype or torch.float32
     try:
         # a float folder is checked tensor by tensor; a quantized one holds packed tensors
         ckpt = None if quant else Checkpoint(folder)
+        if ckpt:
+            ckpt.check_finite = False  # scoring or chatting with it only warns (below)
         family = ckpt.family if ckpt else family_of(config, folder / "config.json")
         config = ckpt.config if ckpt else family.complete(config)[0]  # OpenBMB's defaults filled in
         if ckpt and family.folds_for_transformers:
@@ -259,9 +286,25 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
         raise UserError(f"{folder}: cannot load model ({type(exc).__name__}: {exc})") from None
     if not quant:
         model = model.to(device)
+    warn_non_finite(model, folder)
     method = quant.get("quant_method") if quant else None
     return HFModel(folder, "hf", family.name, model.eval(), tokenizer or load_tokenizer(folder), device,
                    config.get("max_position_embeddings", 0), _eos_ids(config), method)
+
+
+def non_finite_parameters(model) -> list[str]:
+    with torch.no_grad():
+        return [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+
+
+def warn_non_finite(model, where) -> None:
+    """NaN/inf weights make every score NaN: say so on stderr before the results, once per model."""
+    import sys
+
+    bad = non_finite_parameters(model)
+    if bad:
+        print(f"warning: {where}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); "
+              "its outputs are meaningless", file=sys.stderr, flush=True)
 
 
 class GGUFTokenizer:
@@ -280,6 +323,36 @@ class GGUFTokenizer:
         return self.llama.n_vocab()
 
 
+@contextlib.contextmanager
+def llama_cpp_errors():
+    """Collect llama.cpp's error log lines (llama-cpp-python sends them to a silenced stderr when
+    verbose=False), so a load failure can name llama.cpp's own reason in one line."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        if level == 4:  # GGML_LOG_LEVEL_ERROR in the ggml this llama-cpp-python bundles (3 is WARN)
+            lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def llama_cpp_reason(lines: list[str], exc: Exception) -> str:
+    """The most specific line llama.cpp logged ("error loading model: missing tensor ..."), else exc."""
+    text = [line.strip() for line in "".join(lines).splitlines() if line.strip()]
+    specific = [line for line in text if "error loading model:" in line] or text[-1:]
+    return (specific[0].split("error loading model:")[-1].strip() if specific else str(exc))[:300]
+
+
 def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, device: str = "cpu",
               logits_all: bool = True) -> LoadedModel:
     path = Path(path)
@@ -294,12 +367,13 @@ def load_gguf(path: Path | str, n_ctx: int = 2048, threads: int | None = None, d
     meta = gguf_metadata(path)
     arch = meta.get("general.architecture", "llama")
     train_ctx = int(meta.get(f"{arch}.context_length", n_ctx))
-    try:
-        llama = Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=threads or os.cpu_count(),
-                      n_batch=min(n_ctx, 512), type_k=0, type_v=0, verbose=False,
-                      n_gpu_layers=-1 if device == "cuda" else 0)
-    except Exception as exc:
-        raise UserError(f"{path}: llama.cpp cannot load this GGUF ({exc})") from None
+    with llama_cpp_errors() as errors:
+        try:
+            llama = Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=threads or os.cpu_count(),
+                          n_batch=min(n_ctx, 512), type_k=0, type_v=0, verbose=False,
+                          n_gpu_layers=-1 if device == "cuda" else 0)
+        except Exception as exc:
+            raise UserError(f"{path}: llama.cpp cannot load this GGUF ({llama_cpp_reason(errors, exc)})") from None
     eos = [int(meta["tokenizer.ggml.eos_token_id"])] if "tokenizer.ggml.eos_token_id" in meta else []
     if "tokenizer.ggml.eot_token_id" in meta:
         eos.append(int(meta["tokenizer.ggml.eot_token_id"]))

@@ -160,11 +160,14 @@ class Encoder:
         else:
             from llama_cpp import Llama
 
+            gguf_metadata(path)  # sizes llama.cpp would abort on are one clear error first
+            from runtime.load import llama_cpp_errors, llama_cpp_reason
+
             try:  # llama-cpp-python 0.3 prints llama.cpp warnings even with verbose=False: hush them here
-                with contextlib.redirect_stderr(io.StringIO()):
+                with contextlib.redirect_stderr(io.StringIO()), llama_cpp_errors() as errors:
                     llama = Llama(str(path), vocab_only=True, verbose=False)
             except Exception as exc:
-                raise UserError(f"{path}: llama.cpp cannot read this GGUF ({exc})") from None
+                raise UserError(f"{path}: llama.cpp cannot read this GGUF ({llama_cpp_reason(errors, exc)})") from None
             self.vocab_size = llama.n_vocab()
             self._encode = lambda text, bos: llama.tokenize(text.encode("utf-8"), add_bos=bos, special=True)
             self._llama = llama
@@ -495,6 +498,8 @@ def evaluate(paths: list[Path | str], text: str, ctx: int = 2048, stride: int | 
                 seconds = time.perf_counter() - start
             mem.sample_device()
         ppl, err = ppl_stderr(nll)
+        if not math.isfinite(ppl):
+            warnings.append(f"{prep.path}: perplexity is {ppl} (NaN or infinite logits: damaged weights?)")
         peak, peak_kind = model.peak_memory(mem)
         results.append(ModelResult(
             str(prep.path), model.backend, model.family, model.weights_format(torch_dtype), ppl, err, len(nll), n_windows,

@@ -15,7 +15,7 @@ def plot_format(out: Path) -> str:
     return fmt
 
 
-def plot_ppl_vs_size(results, out: Path, title: str) -> None:
+def plot_ppl_vs_size(results, out: Path, title: str, force: bool = False, sources=()) -> None:
     """Write the plot to `out` (format from its suffix) through a temporary file beside it."""
     import matplotlib
 
@@ -45,6 +45,6 @@ def plot_ppl_vs_size(results, out: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    with atomic_output(out, force=True, is_dir=False) as tmp:
+    with atomic_output(out, force, "plot", sources) as tmp:
         fig.savefig(tmp, format=fmt)
     plt.close(fig)

@@ -24,8 +24,12 @@ def shared_path(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """tiny(family, trained=False, **kw) -> path of a cached tiny MiniCPM checkpoint."""
+    """tiny(family, trained=False, **kw) -> path of a cached tiny MiniCPM checkpoint.
+
+    family "minicpm5": the tiny MiniCPM5 (converters/tiny_minicpm5.py); trained, it also learns the chat
+    format with thinking on and off from the Alpaca records."""
     from converters.tiny import make_tiny
+    from converters.tiny_minicpm5 import make_tiny_minicpm5
 
     cache: dict = {}
 
@@ -34,7 +38,13 @@ def tiny(tmp_path_factory):
         if key not in cache:
             out = tmp_path_factory.mktemp("tiny") / family
             text = shared_path("data", "wikitext-2-raw-v1", "train-subset-500.parquet") if trained else None
-            cache[key] = make_tiny(out, family, train_steps=300 if trained else 0, text=text, **kw)
+            if family == "minicpm5":  # its tokenizer is always trained on real text
+                cache[key] = make_tiny_minicpm5(
+                    out, text=shared_path("data", "wikitext-2-raw-v1", "train-subset-500.parquet"),
+                    chats=shared_path("data", "alpaca", "alpaca_data_cleaned_500.json") if trained else None,
+                    train_steps=150 if trained else 0, **kw)  # 2.5 min on one loaded core
+            else:
+                cache[key] = make_tiny(out, family, train_steps=300 if trained else 0, text=text, **kw)
         return cache[key]
 
     return get

@@ -18,8 +18,6 @@ from conftest import shared_path
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-MINICPM5_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 @dataclass(frozen=True)
@@ -92,21 +90,11 @@ def tokenizer_folder(kind: str, out: Path) -> Path:
         shutil.copyfile(hf / "MiniCPM-2B-sft-bf16" / "tokenizer.model", out / "tokenizer.model")
         config = json.loads((hf / "MiniCPM-2B-sft-bf16" / "tokenizer_config.json").read_text())
         (out / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": CHATML}, ensure_ascii=False))
-    elif kind == "minicpm5":  # byte-level BPE with MiniCPM5's split regex, trained on a little text
-        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
+    elif kind == "minicpm5":  # byte-level BPE with MiniCPM5's split, specials at their real ids
         from converters.tiny import stdlib_text
+        from converters.tiny_minicpm5 import train_bpe
 
-        tok = Tokenizer(models.BPE())
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(r"\p{N}{1,3}"), "isolated"),
-            pre_tokenizers.Split(Regex(MINICPM5_SPLIT), "isolated"), byte_level])
-        tok.decoder = decoders.ByteLevel()
-        tok.train_from_iterator([stdlib_text()[:200_000]], trainers.BpeTrainer(
-            vocab_size=1500, special_tokens=["<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"],
-            show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        tok.save(str(out / "tokenizer.json"))
+        (out / "tokenizer.json").write_text(json.dumps(train_bpe([stdlib_text()[:200_000]], 1500)))
         for name in ("chat_template.jinja", "special_tokens_map.json"):
             shutil.copyfile(hf / "MiniCPM5-1B" / name, out / name)
         shutil.copyfile(hf / "MiniCPM5-2B-MLX" / "tokenizer_config.json", out / "tokenizer_config.json")

@@ -14,6 +14,7 @@ traceback, and nothing partial left on disk.
 | tensor shape disagreeing with config   | 1, "<tensor> has shape [...] but config.json ..."  | yes        |
 | GGUF truncated                         | 1, "<file>: not a readable GGUF file"              | yes        |
 | OUT exists                             | 2, "already exists (use --force ...)"              |            |
+| --force onto a folder that is not ours | 2, "not a model folder this command writes"        |            |
 | OUT in a read-only folder              | 1, "not writable"                                  |            |
 | disk full during write                 | 1, "could not write output: No space left"         |            |
 | Ctrl-C (SIGINT) mid-conversion         | 130, "interrupted", no OUT, no temporary           |            |
@@ -24,7 +25,10 @@ write one (convert here; quantize in test_quantize.py).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -33,7 +37,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import ROOT, assert_one_line_error, leftovers
 
@@ -148,8 +151,14 @@ def test_out_exists_refused_unless_force(cli, model, tmp_path):
     r = cli("convert", model, "--to", "llama", "-o", out)
     assert_one_line_error(r, "already exists", "--force", code=2)
     assert (out / "keep.txt").read_text() == "mine"
-    assert cli("convert", model, "--to", "llama", "-o", out, "--force").code == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    r = cli("convert", model, "--to", "llama", "-o", out, "--force")  # a user's folder: never replaced
+    assert_one_line_error(r, "is not a model folder this command writes", code=2)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert cli("convert", model, "--to", "llama", "-o", out / "ours").code == 0
+    r = cli("convert", model, "--to", "llama", "-o", out / "ours", "--force", "--dtype", "f32")  # ours: replaced
+    assert r.code == 0 and "replaced" in r.err, r
+    assert json.loads((out / "ours" / "config.json").read_text())["torch_dtype"] == "float32"
 
 
 @pytest.fixture
@@ -182,34 +191,42 @@ def test_disk_full_during_write(cli, model, mounted):
     assert list(folder.iterdir()) == []
 
 
-def big_checkpoint(folder: Path) -> Path:
-    """A ~400 MB MiniCPM (values irrelevant) so a conversion lasts long enough to interrupt."""
-    from safetensors.torch import save_file
+@contextlib.contextmanager
+def leased(path: Path):
+    """Hold a write lease on path: a process that opens it waits until the lease goes away.
 
-    from converters.tiny import base_config, weight_shapes
+    Yields a function that says whether a process is waiting now. The kernel signals the lease
+    holder with SIGIO (ignored here) and gives up on it after /proc/sys/fs/lease-break-time (45 s).
+    """
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        yield lambda: fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK
+    finally:
+        os.close(fd)  # releases the lease
+        signal.signal(signal.SIGIO, previous)
 
-    folder.mkdir()
-    config = base_config("dense-mha-untied", 32000) | {"hidden_size": 1024, "intermediate_size": 4096,
-                                                       "num_attention_heads": 8, "num_key_value_heads": 8,
-                                                       "num_hidden_layers": 8}
-    (folder / "config.json").write_text(json.dumps(config))
-    save_file({n: torch.full(s, 0.01, dtype=torch.bfloat16) for n, s in weight_shapes(config).items()},
-              folder / "model.safetensors")
-    return folder
 
-
-def test_ctrl_c_mid_conversion_leaves_nothing(tmp_path):
-    src = big_checkpoint(tmp_path / "big")
+def test_ctrl_c_mid_conversion_leaves_nothing(model, tmp_path):
+    # generation_config.json is the last file a conversion copies: while the test holds a lease on it,
+    # the conversion waits there with every shard already written, and cannot finish before Ctrl-C.
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "minicpm_cli", "convert", str(src), "--to", "llama", "-o", str(out),
-           "--dtype", "f32", "--max-shard-size", "100MB"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not any(p.name.startswith(".out.tmp-") and any(p.iterdir()) for p in tmp_path.iterdir()):
-        assert proc.poll() is None and time.time() < deadline, "conversion ended before it could be interrupted"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    cmd = [sys.executable, "-m", "minicpm_cli", "convert", str(model), "--to", "llama", "-o", str(out),
+           "--dtype", "f32", "--max-shard-size", "4MB"]
+    with leased(model / "generation_config.json") as conversion_waits:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600  # only turns a hang into a failure
+        while not conversion_waits():
+            assert proc.poll() is None, f"conversion ended without opening generation_config.json: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "conversion never reached generation_config.json"
+            time.sleep(0.01)
+        partial = leftovers(tmp_path, "out")
+        assert len(partial) == 1 and partial[0] != "out", partial
+        written = {p.name for p in (tmp_path / partial[0]).iterdir()}
+        assert {"model.safetensors.index.json", "config.json", "tokenizer.model"} <= written, written
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
     lines = [l for l in err.splitlines() if l.strip()]
     assert lines == ["interrupted: nothing was written"], err

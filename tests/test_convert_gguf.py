@@ -174,6 +174,7 @@ def test_f16_and_q8_0_agree_with_reference(family, tiny, cli, tmp_path):
             assert kind == ("F32" if one_d else outtype.upper()), (name, kind)
 
 
+@pytest.mark.slow
 def test_low_bit_files_are_small_and_still_agree(tiny, cli, tmp_path):
     """q4_0 (our numpy quantizer) and q4_k_m (llama.cpp's) on a model trained on real text."""
     import pyarrow.parquet as pq
@@ -411,5 +412,11 @@ def test_existing_output_needs_force(tiny, cli, tmp_path):
     src = tiny("dense-gqa-tied")
     assert_one_line_error(cli("convert", src, "--to", "gguf", "-o", out), "already exists", code=2)
     assert out.read_bytes() == b"keep me"
-    convert(cli, src, out, "--outtype", "q8_0", "--force")
-    assert out.read_bytes()[:4] == b"GGUF"
+    r = cli("convert", src, "--to", "gguf", "-o", out, "--force")  # not a GGUF: not ours to replace
+    assert_one_line_error(r, "is not a GGUF file this command writes", code=2)
+    assert out.read_bytes() == b"keep me"
+    out.unlink()
+    convert(cli, src, out, "--outtype", "f16")
+    first = out.read_bytes()
+    convert(cli, src, out, "--outtype", "q8_0", "--force")  # an earlier GGUF: replaced
+    assert out.read_bytes()[:4] == b"GGUF" and out.read_bytes() != first

@@ -71,6 +71,7 @@ def test_windows_score_every_token_once_within_ctx(n, ctx, stride, bos):
 
 # --- numbers -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stride, batch", [(None, 1), (64, 3)])
+@pytest.mark.slow
 def test_ppl_and_stderr_match_an_independent_reference(trained, cli, tmp_path, stride, batch):
     ctx, n = 128, 512
     args = [trained, "--dataset", WIKI, "--ctx", ctx, "--max-tokens", n, "--batch-size", batch]
@@ -84,6 +85,7 @@ def test_ppl_and_stderr_match_an_independent_reference(trained, cli, tmp_path, s
     assert 0 < row["stderr"] < row["ppl"] < 400  # trained: far better than chance (2048)
 
 
+@pytest.mark.slow
 def test_stderr_is_positive_and_shrinks_with_more_tokens(trained):
     from runtime.perplexity import evaluate
 
@@ -93,6 +95,7 @@ def test_stderr_is_positive_and_shrinks_with_more_tokens(trained):
     assert 0 < many.stderr < few.stderr
 
 
+@pytest.mark.slow
 def test_folded_llama_folder_scores_like_the_minicpm_folder(trained, cli, tmp_path):
     from converters.to_llama import convert_to_llama
     from runtime.perplexity import size_on_disk
@@ -122,6 +125,7 @@ def test_folded_llama_folder_scores_like_the_minicpm_folder(trained, cli, tmp_pa
     assert "llama" in result.out and "±" in result.out
 
 
+@pytest.mark.slow
 def test_first_model_is_not_charged_for_the_libraries_first_use(trained, tmp_path):
     """A fresh process (as a user runs it): torch's and transformers' one-time set-up on the first forward
     (~20 MB) must not be counted as the first model's memory. Measured (MiB, first - again): 16.8-22 before
@@ -138,6 +142,7 @@ def test_first_model_is_not_charged_for_the_libraries_first_use(trained, tmp_pat
     assert first["peak_mem_bytes"] - again["peak_mem_bytes"] <= 12 * 2**20, (first, again)
 
 
+@pytest.mark.slow
 def test_gguf_f32_scores_the_same_ids_as_hf(trained, cli, tmp_path):
     from converters.gguf_export import convert_to_gguf
 
@@ -159,6 +164,7 @@ def test_gguf_f32_scores_the_same_ids_as_hf(trained, cli, tmp_path):
     assert c["tokens"] == 512 and c["kl_mean"] < 1e-5 and c["top1_agreement"] > 0.99
 
 
+@pytest.mark.slow
 def test_compare_with_itself_is_exact(trained, cli, tmp_path):
     data, result = run_json(cli, tmp_path, trained, "--compare", trained, "--dataset", WIKI, "--ctx", 128,
                             "--max-tokens", 512)
@@ -168,6 +174,7 @@ def test_compare_with_itself_is_exact(trained, cli, tmp_path):
     assert "100.00%" in result.out
 
 
+@pytest.mark.slow
 def test_models_with_other_tokenizers_get_their_own_ids(trained, tiny, cli, tmp_path):
     other = tiny("dense-gqa-tied")  # its tokenizer was trained on other text
     data, result = run_json(cli, tmp_path, trained, other, "--dataset", WIKI, "--ctx", 128, "--max-tokens", 256)
@@ -186,6 +193,16 @@ def test_minicpm3_and_moe_folders(tiny, cli, tmp_path):
         assert math.isfinite(m["ppl"]) and 100 < m["ppl"] < 20000 and m["tokens"] == 128
 
 
+def wait_for_samples(mem, n: int) -> None:
+    """Wait until PeakMemory's sampling thread has taken n more samples (the timeout only ends a hang)."""
+    import time
+
+    target, deadline = len(mem._samples) + n, time.monotonic() + 600
+    while len(mem._samples) < target:
+        assert time.monotonic() < deadline, "the memory sampler took no sample in 600 s"
+        time.sleep(0.001)
+
+
 @pytest.mark.parametrize("exact", [True, False])
 def test_peak_memory_is_the_growth_during_the_block(exact, monkeypatch):
     from runtime import perplexity
@@ -197,7 +214,7 @@ def test_peak_memory_is_the_growth_during_the_block(exact, monkeypatch):
         with perplexity.PeakMemory() as mem:
             block = torch.ones(size * mib // 4)  # float32, touched
             if not exact:
-                __import__("time").sleep(0.05)
+                wait_for_samples(mem, 2)  # the second began after the block was allocated
             del block
         assert size * mib * 0.9 <= mem.rss_growth <= size * mib * 1.3, (size, mem.rss_growth / mib)
 

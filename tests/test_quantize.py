@@ -125,6 +125,7 @@ def run_and_check(data, tmp_path, splits=("held_out", "test"), **options):
 
 # --------------------------------------------------------------------------- calibrated methods vs RTN
 
+@pytest.mark.slow
 def test_gptq_4bit_beats_round_to_nearest(data, tmp_path):
     result, seen, out = run_and_check(data, tmp_path, ("all_held_out", "test"), method="gptq", bits=4,
                                       num_samples=32, seq_len=512)
@@ -144,6 +145,7 @@ def test_gptq_4bit_beats_round_to_nearest(data, tmp_path):
     assert qc["ignore"] == ["lm_head"]
 
 
+@pytest.mark.slow
 def test_awq_4bit_beats_round_to_nearest(data, tmp_path):
     result, seen, _ = run_and_check(data, tmp_path, ("all_held_out", "test"), method="awq", bits=4,
                                     num_samples=16, seq_len=512)
@@ -167,6 +169,7 @@ def test_awq_4bit_beats_round_to_nearest(data, tmp_path):
     (dict(method="bnb", bits=4, bnb_type="fp4", double_quant=True), 1.25),
     (dict(method="bnb", bits=8), 1.01),
 ], ids=["gptq-8", "awq-8", "bnb-nf4", "bnb-fp4-double-quant", "bnb-int8"])
+@pytest.mark.slow
 def test_method_reloads_equal_and_stays_near_bf16(data, tmp_path, options, bound):
     result, seen, out = run_and_check(data, tmp_path, **options)
     assert seen["held_out"] < bound * data["bf16"]["held_out"], seen
@@ -200,6 +203,7 @@ def test_rtn_uses_the_compressed_tensors_grid():
 
 # --------------------------------------------------------------------------- the CLI
 
+@pytest.mark.slow
 def test_cli_writes_a_complete_folder(cli, tiny, tmp_path):
     src = tiny("dense-gqa-tied")
     out = tmp_path / "q"
@@ -235,6 +239,7 @@ def test_cli_writes_a_complete_folder(cli, tiny, tmp_path):
     ("moe", "gptq", 2 * (4 + 4 * 3)), ("moe", "awq", 2 * (4 + 4 * 3)), ("moe", "bnb", 2 * 4),
     ("minicpm3", "gptq", 2 * 8), ("minicpm3", "awq", 2 * 8), ("minicpm3", "bnb", 2 * 8),
 ])
+@pytest.mark.slow
 def test_moe_and_minicpm3_sources(family, method, layers, tiny, tmp_path):
     """MiniCPM-MoE folds to Mixtral (routers stay float); MiniCPM3 quantizes as native minicpm3 (MLA)."""
     from quant.quantize import QuantizeOptions, quantize
