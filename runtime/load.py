@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from converters.checkpoint import Checkpoint, model_folder, read_config
+from converters.checkpoint import Checkpoint, model_folder, read_config, read_json
 from converters.errors import UsageError, UserError
 from converters.families import family_of
 from converters.gguf_read import is_gguf

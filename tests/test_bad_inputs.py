@@ -92,6 +92,7 @@ def test_config_of_another_architecture(cli, model, tmp_path):
 
 
 def test_config_without_scale_emb_takes_openbmbs_default_of_1(cli, model, tmp_path):
+    import torch
     from safetensors.torch import load_file
 
     from converters.checkpoint import Checkpoint
