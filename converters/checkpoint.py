@@ -165,6 +165,12 @@ class Checkpoint:
         self._offsets: dict[str, tuple[int, int]] = {}  # safetensors: [begin, end) in the file
         self._bin: dict[Path, dict] = {}  # .bin files, memory-mapped by torch.load
         self._index_weights()
+        from .lora import merge_for  # --lora: adapters merged as each tensor is read
+
+        self.merge = merge_for(self)
+        if self.merge is not None:
+            self.config = self.merge.config
+            self._info.update(self.merge.extra)
 
     # --- discovery -------------------------------------------------------------------------
     def _index_weights(self) -> None:
@@ -226,7 +232,12 @@ class Checkpoint:
             raise UserError(f"{self.path}: tensor {name} is missing from the weights") from None
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor, read from disk now into its own memory."""
+        """One tensor, read from disk now into its own memory (with --lora adapters merged, in float32)."""
+        if self.merge is not None:
+            return self.merge.get(name, self._read)
+        return self._read(name)
+
+    def _read(self, name: str) -> torch.Tensor:
         info = self.info(name)  # a clear error for a missing tensor
         path = self._where[name]
         if path.suffix == ".bin":

@@ -1,6 +1,8 @@
 """`minicpm inspect`: what a model folder or GGUF file holds, read from metadata only."""
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from pathlib import Path
 
@@ -56,11 +58,27 @@ def _tokenizer(folder: Path) -> tuple[str, int | None, dict | None]:
     return "none", None, None
 
 
-def inspect_folder(path: Path) -> dict:
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def inspect_folder(path: Path, weights: bool = True) -> dict:
+    """weights=False describes the folder from config.json (and an index) alone, reading no tensor file."""
     folder = model_folder(path)
     config = read_config(folder)
     quantized = "quantization_config" in config
-    if quantized:  # packed tensors do not show the parameter count: derive it from the config
+    size = disk_size(folder)
+    if not weights:
+        # a hub name, fetched without its weights: everything from config.json (and the index's total)
+        family = family_of(config, folder / "config.json")
+        config, defaults = family.complete(config)
+        params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
+        if not config.get("tie_word_embeddings", family.tied_by_default):
+            params += config["vocab_size"] * config["hidden_size"]
+        dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
+        index = next((folder / f for f in INDEX_FILES if (folder / f).is_file()), None)
+        total = (json.loads(index.read_text()).get("metadata") or {}).get("total_size") if index else None
+        size = int(total) if isinstance(total, (int, float)) else None
+    elif quantized:  # packed tensors do not show the parameter count: derive it from the config
         family = family_of(config, folder / "config.json")
         config, defaults = family.complete(config)
         params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
@@ -87,7 +105,7 @@ def inspect_folder(path: Path) -> dict:
         "context_length": config.get("max_position_embeddings"), "rope": _rope(config),
         "tokenizer": tok_kind, "tokenizer_used": which_tokenizer(folder), "tokenizer_agreement": agreement,
         "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
-        "size_bytes": disk_size(folder),
+        "size_bytes": size,
     }
 
 
@@ -123,7 +141,7 @@ def _gguf_file_type(value) -> str:
         return str(value)
 
 
-def inspect_model(path: Path | str) -> dict:
+def inspect_model(path: Path | str, weights: bool = True) -> dict:
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
@@ -131,4 +149,4 @@ def inspect_model(path: Path | str) -> dict:
         if not is_gguf(path):
             raise UsageError(f"{path}: neither a model folder nor a GGUF file")
         return inspect_gguf(path)
-    return inspect_folder(path)
+    return inspect_folder(path, weights)

@@ -74,7 +74,10 @@ def _vector(values: list[float]) -> Make:
 
 
 def model_name(ckpt: Checkpoint) -> str:
-    return str(ckpt.config.get("_name_or_path") or "").rstrip("/").split("/")[-1] or ckpt.path.resolve().name
+    from .hub import repo_name  # a hub snapshot is named by its repository, not its commit
+
+    return (str(ckpt.config.get("_name_or_path") or "").rstrip("/").split("/")[-1] or repo_name(ckpt.path)
+            or ckpt.path.resolve().name)
 
 
 def rope_plan(config: dict, rotary_dim: int, where) -> tuple[list[float] | None, float, dict]:

@@ -122,6 +122,11 @@ def check_inside(folder: Path, path: Path, what: str = "file") -> None:
     """Refuse a path (typically a symbolic link) whose target lies outside the model folder."""
     if not os.path.lexists(path):
         return
+    from .lora import view_base  # a --lora view links each file to the same name in its base folder
+
+    base = view_base(folder)
+    if base is not None and path.parent.absolute() == folder.absolute():
+        return check_inside(base, base / path.name, what)
     root = folder.resolve()
     target = path.resolve()
     blobs = _hf_cache_blobs(folder.absolute())

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from converters.atomic import write_json
 from converters.errors import UsageError, UserError
+from .sources import check_revision, lora_option, model_source, revision_option
 from .ui import console, err_console, stage
 
 HELP = """commands:
@@ -354,7 +355,8 @@ def open_session(model_path: Path, sampling, system: str | None = None, device: 
 
 @stage
 def chat(
-    model: Path = typer.Argument(..., help="MiniCPM / llama-format / quantized / MiniCPM3 folder, or a .gguf file."),
+    model: Path = typer.Argument(..., help="MiniCPM / llama-format / quantized / MiniCPM3 folder, a .gguf file, "
+                                 "or a hub name (org/name, modelscope:org/name) to download."),
     system: str = typer.Option(None, "--system", help="System prompt."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="Print one reply to this and exit (also: pipe text on stdin)."),
     temperature: float = typer.Option(None, help="0: greedy, deterministic. Default: the model's generation config, else 0.7."),
@@ -367,6 +369,8 @@ def chat(
     context: int = typer.Option(None, "--context", help=f"Context window in tokens (default: the model's, at most {DEFAULT_CONTEXT})."),
     template: Path = typer.Option(None, "--template", help="A Jinja chat template file to use instead of the model's."),
     threads: int = typer.Option(None, "--threads", help="CPU threads (default: every core)."),
+    revision: str = revision_option(),
+    lora: list[Path] = lora_option(),
     think: bool = typer.Option(None, "--think/--no-think", help="Thinking on or off (templates that read enable_thinking; default: the template's own)."),
     show_thinking: bool = typer.Option(None, "--show-thinking/--hide-thinking", help="Show the reasoning, dimmed (default: shown in the chat, hidden with --prompt)."),
 ):
@@ -377,8 +381,15 @@ def chat(
     given = {"temperature": temperature, "top_p": top_p, "top_k": top_k,
              "repetition_penalty": repetition_penalty, "max_new_tokens": max_new_tokens, "seed": seed}
     Sampling(**{k: v for k, v in given.items() if v is not None}).check()  # bad flags fail before loading
+    check_revision([model], revision)
+    import atexit
+    import contextlib
+
+    sources = contextlib.ExitStack()  # a hub snapshot or --lora view for this process's whole chat
+    atexit.register(sources.close)
+    model_dir = sources.enter_context(model_source(model, revision, lora))
     if prompt is None and sys.stdin.isatty():
-        session = open_session(model, given, system, device, context, template, threads, think)
+        session = open_session(model_dir, given, system, device, context, template, threads, think)
         mode = ""
         if session.fmt.thinks:
             mode = " · thinking " + {True: "on", False: "off", None: "as the template decides"}[think] + " (/think, /no_think)"
@@ -394,7 +405,7 @@ def chat(
         prompt = sys.stdin.read()
         if not prompt.strip():
             raise UsageError("no prompt: give --prompt TEXT or pipe text on stdin")
-    session = open_session(model, given, system, device, context, template, threads, think)
+    session = open_session(model_dir, given, system, device, context, template, threads, think)
     try:
         one_shot(session, prompt, bool(show_thinking))
     finally:

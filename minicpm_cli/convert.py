@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from converters.atomic import check_output
+from .sources import adapter_rows, check_revision, lora_option, model_source, revision_option
 from .ui import byte_progress, console, human_bytes, jsonable, stage, table, write_json
 
 
@@ -18,7 +19,8 @@ class Target(str, Enum):
 
 @stage
 def convert(
-    src: Path = typer.Argument(..., help="MiniCPM Hugging Face folder (config.json + weights + tokenizer)."),
+    src: Path = typer.Argument(..., help="MiniCPM Hugging Face folder (config.json + weights + tokenizer), "
+                               "or a hub name (org/name, modelscope:org/name) to download."),
     to: Target = typer.Option(..., "--to", help="llama: muP folded into a plain Llama/Mixtral folder; gguf: a GGUF file."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (--to llama) or .gguf file (--to gguf)."),
     dtype: str = typer.Option("auto", help="--to llama: bf16, f16, f32 or auto (the checkpoint's own dtype)."),
@@ -31,22 +33,27 @@ def convert(
     force: bool = typer.Option(False, "--force", help="Replace OUT (and --json FILE) if it is an earlier output "
                                "of this kind (a model folder, a GGUF file, a JSON file)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+    revision: str = revision_option(),
+    lora: list[Path] = lora_option(),
 ):
     """Convert a MiniCPM checkpoint: fold muP into a plain Llama (--to llama) or write GGUF (--to gguf)."""
     start = time.perf_counter()
     check_output(out, force, "model" if to is Target.llama else "gguf", [src])
     if json_out:
         check_output(json_out, force, "json", [src])
-    if to is Target.llama:
-        result = _convert_llama(src, out, dtype, max_shard_size, force)
-        detail = [["dtype", result.dtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)],
-                  ["files", ", ".join(result.files)]]
-    else:
-        result = _convert_gguf(src, out, outtype, fold, imatrix, force)
-        detail = [["outtype", result.outtype], ["tensors", result.tensors], ["size", human_bytes(result.bytes_written)]]
+    check_revision([src], revision)
+    with model_source(src, revision, lora) as folder:
+        if to is Target.llama:
+            result = _convert_llama(folder, out, dtype, max_shard_size, force)
+            detail = [["dtype", result.dtype], ["tensors", result.tensors],
+                      ["size", human_bytes(result.bytes_written)], ["files", ", ".join(result.files)]]
+        else:
+            result = _convert_gguf(folder, out, outtype, fold, imatrix, force)
+            detail = [["outtype", result.outtype], ["tensors", result.tensors],
+                      ["size", human_bytes(result.bytes_written)]]
     seconds = time.perf_counter() - start
-    rows = [["source", f"{src} ({result.source_family})"], ["output", f"{out} ({result.architecture})"],
-            *detail, ["time", f"{seconds:.2f} s"]]
+    rows = [["source", f"{src} ({result.source_family})"], *adapter_rows(lora),
+            ["output", f"{out} ({result.architecture})"], *detail, ["time", f"{seconds:.2f} s"]]
     console.print(table("convert", ["", "value"], rows))
     if json_out:
         write_json(json_out, {"source": str(src), "output": str(out), "seconds": seconds, **jsonable(result)},

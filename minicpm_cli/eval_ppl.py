@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from converters.atomic import check_output
 from converters.errors import UsageError
+from .sources import check_revision, lora_option, model_source, revision_option
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
@@ -46,7 +47,8 @@ def _pm(value: float, err: float) -> str:
 
 @stage
 def eval_ppl(
-    models: list[Path] = typer.Argument(..., help="MiniCPM/Llama/MiniCPM3 folders, quantized folders or .gguf files."),
+    models: list[Path] = typer.Argument(..., help="MiniCPM/Llama/MiniCPM3 folders, quantized folders, .gguf files, "
+                                        "or hub names (org/name, modelscope:org/name) to download."),
     dataset: str = typer.Option("wikitext2", help="wikitext2 (downloaded), a local WikiText copy (.parquet/.arrow "
                                 "with a `text` column, .raw, or a folder of those), or any UTF-8 text file."),
     split: str = typer.Option("test", help="Split of wikitext2 or of a WikiText folder."),
@@ -61,6 +63,10 @@ def eval_ppl(
     compare: Path = typer.Option(None, "--compare", help="Score B on the same ids as MODEL: KL, top-1 agreement."),
     json_out: Path = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
     plot: Path = typer.Option(None, "--plot", help="Draw perplexity against size on disk (.png, .svg, .pdf)."),
+    revision: str = revision_option(),
+    lora: list[Path] = typer.Option(None, "--lora", help="A PEFT LoRA adapter merged into the first MODEL (A with "
+                                    "--compare), so `eval-ppl BASE --lora X --compare BASE` measures the fine-tune; "
+                                    "repeat to apply several in order."),
     force: bool = typer.Option(False, "--force", help="Replace --json / --plot files that are earlier outputs."),
 ):
     """Perplexity (± stderr), tokens/s, peak memory and size of each MODEL on the same text."""
@@ -75,6 +81,30 @@ def eval_ppl(
             check_output(out, force, kind, sources)  # before minutes of scoring
     if compare is not None and len(models) != 1:
         raise UsageError("--compare B takes exactly one MODEL (the reference A)")
+    given = [*models, *([compare] if compare else [])]
+    check_revision(given, revision)
+    with contextlib.ExitStack() as stack:
+        local = [stack.enter_context(model_source(m, revision, lora if i == 0 else None))
+                 for i, m in enumerate(given)]
+        labels = {str(path): label for i, (arg, path) in enumerate(zip(given, local))
+                  if (label := _label(arg, path, bool(lora) and i == 0))}
+        _evaluate(local[: len(models)], local[-1] if compare else None, labels, dataset, split, ctx, stride,
+                  max_tokens, batch_size, device, dtype, threads, json_out, plot, force, sources)
+
+
+def _label(arg: Path, path: Path, merged: bool) -> str | None:
+    """What tables call a downloaded or merged model: the hub name, not a cache snapshot; BASE+ADAPTER."""
+    from converters.hub import is_hub_name
+
+    if merged:
+        return path.name
+    return str(arg) if is_hub_name(arg) else None
+
+
+def _evaluate(models, compare, labels, dataset, split, ctx, stride, max_tokens, batch_size, device, dtype, threads,
+              json_out, plot, force, sources) -> None:
+    from runtime.perplexity import check_model_path, compare as compare_models, evaluate, load_text
+
     for path in [*models, *([compare] if compare else [])]:
         check_model_path(path)  # a mistyped MODEL is named before the dataset is looked for
     text, source = load_text(dataset, split)
@@ -84,14 +114,15 @@ def eval_ppl(
     options = dict(ctx=ctx, stride=stride, max_tokens=max_tokens, batch_size=batch_size, device=device,
                    dtype=dtype, threads=threads, progress=token_progress)
     if compare is not None:
-        return _render_compare(compare_models(models[0], compare, text, **options), source, ctx, json_out,
-                               force, sources)
+        c = compare_models(models[0], compare, text, **options)
+        c.a, c.b = labels.get(c.a, c.a), labels.get(c.b, c.b)
+        return _render_compare(c, source, ctx, json_out, force, sources)
     result = evaluate(models, text, **options)
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     rows, groups = [], {r.ids_group for r in result.results}
     for r in result.results:
-        name = escape(Path(r.model).name) + (f" (ids {_letter(r.ids_group)})" if len(groups) > 1 else "")
+        name = escape(labels.get(r.model, Path(r.model).name)) + (f" (ids {_letter(r.ids_group)})" if len(groups) > 1 else "")
         backend = f"{r.backend} {r.weights}"
         if r is result.results[0]:
             delta = "ref"

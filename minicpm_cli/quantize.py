@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from converters.atomic import check_output
+from .sources import adapter_rows, check_revision, lora_option, model_source, revision_option
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
@@ -50,7 +51,8 @@ def layer_progress():
 
 @stage
 def quantize(
-    src: Path = typer.Argument(..., help="MiniCPM 1/2/4, MiniCPM-MoE or MiniCPM3 folder, or a Llama/Mixtral folder."),
+    src: Path = typer.Argument(..., help="MiniCPM 1/2/4, MiniCPM-MoE or MiniCPM3 folder, a Llama/Mixtral folder, "
+                               "or a hub name (org/name, modelscope:org/name) to download."),
     method: Method = typer.Option(..., "--method", help="awq or gptq (llm-compressor, compressed-tensors) or bnb (bitsandbytes)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (loads with AutoModelForCausalLM, no remote code)."),
     bits: int = typer.Option(4, "--bits", help="4 or 8 (bnb: 4 = nf4/fp4, 8 = LLM.int8)."),
@@ -68,6 +70,8 @@ def quantize(
     force: bool = typer.Option(False, "--force", help="Replace OUT (and --json FILE) if it is an earlier output "
                                "of this kind (a model folder, a JSON file)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+    revision: str = revision_option(),
+    lora: list[Path] = lora_option(),
 ):
     """Quantize a model to 4/8 bits with AWQ, GPTQ or bitsandbytes; OUT loads in transformers and vLLM."""
     from quant.quantize import QuantizeOptions, quantize as run_quantize
@@ -78,11 +82,17 @@ def quantize(
         double_quant=double_quant, ignore=tuple(i for i in ignore if i.lower() != "none"), device=device, seed=seed)
     if json_out:
         check_output(json_out, force, "json", [src])
-    with layer_progress() as progress:
-        result = run_quantize(src, out, opts, force=force, progress=progress)
+    check_revision([src], revision)
+    from quant.quantize import resolve_options
+
+    resolve_options(opts)  # option and OUT errors before any download
+    check_output(out, force, "model", [src])
+    with layer_progress() as progress, model_source(src, revision, lora) as folder:
+        result = run_quantize(folder, out, opts, force=force, progress=progress)
+        result.source = str(src)
     calibration = result.calibration
     ratio = result.bytes_before / result.bytes_after if result.bytes_after else 0
-    rows = [["source", f"{src} ({result.source_family})"], ["output", f"{out} ({result.architecture}, {result.format})"],
+    rows = [["source", f"{src} ({result.source_family})"], *adapter_rows(lora), ["output", f"{out} ({result.architecture}, {result.format})"],
             ["method", result.scheme], ["bits", result.bits],
             ["calibration", f"{calibration['samples']} x {calibration['seq_len']} tokens from {calibration['source']}"
              if calibration else "none (bitsandbytes)"],

@@ -300,8 +300,10 @@ def _bnb_quantize(job: Job, tmp: Path, progress: Progress):
     from .bnb import bnb_quantize, linear_names
 
     opts = job.opts
-    if job.family.folds_for_transformers:
-        float_folder = tmp / ".float"  # the folded Llama/Mixtral, for transformers to quantize
+    from converters.lora import is_view
+
+    if job.family.folds_for_transformers or is_view(job.folder):
+        float_folder = tmp / ".float"  # the folded (or --lora merged) model, for transformers to quantize
         load_hf(job.folder, "cpu", job.dtype).model.save_pretrained(float_folder)
         hf_config = None
     else:

@@ -269,7 +269,9 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
             ckpt.check_finite = False  # scoring or chatting with it only warns (below)
         family = ckpt.family if ckpt else family_of(config, folder / "config.json")
         config = ckpt.config if ckpt else family.complete(config)[0]  # OpenBMB's defaults filled in
-        if ckpt and family.folds_for_transformers:
+        from converters.lora import is_view
+
+        if ckpt and (family.folds_for_transformers or is_view(folder)):
             model = folded_model(ckpt, dtype)
         elif ckpt or family.hf_config(config) is not None:  # float, or a config transformers cannot read alone
             model = family.load_float(folder, config, dtype)
