@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	# pinned CPU build of torch; an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test,quant,gguf-runtime]"
+	# transformers 4.46.3 beside the pinned 5.x, for tests/test_old_transformers.py (a subprocess puts it
+	# first on PYTHONPATH); --no-deps: it shares the venv's torch, numpy, safetensors, regex and requests
+	$(BIN)/pip install -q --no-deps --target $(VENV)/transformers-4.46.3 \
+		transformers==4.46.3 tokenizers==0.20.3 huggingface_hub==0.26.5
 	touch $@
 
 test: setup

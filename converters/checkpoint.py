@@ -16,6 +16,7 @@ import torch
 
 from .errors import UsageError, UserError
 from .limits import check_config, check_folder_files, inside
+from .official import notice, runtime_notes
 
 MAX_JSON_BYTES = 128 * 2**20  # the largest tokenizer.json published is ~20 MB
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit on its JSON header
@@ -151,11 +152,15 @@ class Checkpoint:
 
     def __init__(self, path: Path | str):
         self.path = model_folder(path)
-        self.config = read_config(self.path)
+        raw = read_config(self.path)
         self.check_finite = True  # a NaN/inf weight is an error (converters); loaders warn instead
         from .families import family_of  # families read checkpoints: imported when one is opened
 
-        self.family = family_of(self.config, self.path / "config.json")
+        self.family = family_of(raw, self.path / "config.json")
+        # OpenBMB's defaults for keys the config omits (Family.complete); `defaults` names them
+        self.config, self.defaults = self.family.complete(raw)
+        for note in runtime_notes(raw, self.path):
+            notice(note)
         self._where: dict[str, Path] = {}  # tensor name -> file
         self._info: dict[str, TensorInfo] = {}
         self._offsets: dict[str, tuple[int, int]] = {}  # safetensors: [begin, end) in the file

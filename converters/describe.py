@@ -10,6 +10,7 @@ from .checkpoint import Checkpoint, model_folder, read_config
 from .errors import UsageError
 from .gguf_read import is_gguf, metadata, open_gguf
 from .families import family_of
+from .official import runtime_notes
 from .shapes import check_checkpoint
 from .tensors import element_count
 
@@ -39,11 +40,13 @@ def _quantization(config: dict) -> str:
     return method
 
 
-def _tokenizer(folder: Path) -> tuple[str, int | None]:
+def _tokenizer(folder: Path) -> tuple[str, int | None, dict | None]:
+    """(kind, size, agreement of the folder's two tokenizers or None)."""
     if (folder / "tokenizer.model").is_file():
-        from .tokenizer import load_tokenizer
+        from .tokenizer import load_tokenizer, tokenizer_agreement
 
-        return "sentencepiece", len(load_tokenizer(folder))
+        tokenizer = load_tokenizer(folder)
+        return "sentencepiece", len(tokenizer), tokenizer_agreement(folder, tokenizer)
     if (folder / "tokenizer.json").is_file():
         from .tokenizer import read_tokenizer_json
 
@@ -51,8 +54,8 @@ def _tokenizer(folder: Path) -> tuple[str, int | None]:
         model = data["model"]
         # ids, not entries: a padded vocabulary (MiniCPM5's <|im_start|> at 130072) has unused ids between
         ids = [int(i) for i in (model.get("vocab") or {}).values()] + [int(t["id"]) for t in data.get("added_tokens", [])]
-        return str(model.get("type", "?")).lower(), max(ids) + 1 if ids else 0
-    return "none", None
+        return str(model.get("type", "?")).lower(), max(ids) + 1 if ids else 0, None
+    return "none", None, None
 
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -67,8 +70,9 @@ def inspect_folder(path: Path, weights: bool = True) -> dict:
     if not weights:
         # a hub name, fetched without its weights: everything from config.json (and the index's total)
         family = family_of(config, folder / "config.json")
+        config, defaults = family.complete(config)
         params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
-        if not config.get("tie_word_embeddings", str(family).startswith("minicpm")):
+        if not config.get("tie_word_embeddings", family.tied_by_default):
             params += config["vocab_size"] * config["hidden_size"]
         dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
         index = next((folder / f for f in INDEX_FILES if (folder / f).is_file()), None)
@@ -76,26 +80,31 @@ def inspect_folder(path: Path, weights: bool = True) -> dict:
         size = int(total) if isinstance(total, (int, float)) else None
     elif quantized:  # packed tensors do not show the parameter count: derive it from the config
         family = family_of(config, folder / "config.json")
+        config, defaults = family.complete(config)
         params = sum(element_count(s) for s in family.shapes(config, folder / "config.json").values())
         params += 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
         dtypes = sorted({str(config.get("torch_dtype", config.get("dtype", "?")))})
     else:
         ckpt = Checkpoint(folder)
         check_checkpoint(ckpt)  # a checkpoint that disagrees with its config is reported, not described
-        family = ckpt.family
+        family, config, defaults = ckpt.family, ckpt.config, ckpt.defaults
         params = sum(element_count(ckpt.info(n).shape) for n in ckpt.names if not n.endswith("inv_freq"))
         dtypes = sorted({str(ckpt.info(n).dtype).removeprefix("torch.") for n in ckpt.names})
-    tok_kind, tok_size = _tokenizer(folder)
-    from .tokenizer import chat_template
+    tok_kind, tok_size, agreement = _tokenizer(folder)
+    from .tokenizer import chat_template, which_tokenizer
 
     mup = {k: config[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in config}
     return {
         "path": str(folder), "format": "hf", "family": family.name,
         "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
-        "parameters": params, "dtypes": dtypes, "mup": mup,
+        "parameters": params, "dtypes": dtypes, "mup": mup, "defaults_used": defaults,
+        "activation": config.get("hidden_act", "silu") + (
+            f" (threshold {config['hidden_act_param']})" if "hidden_act_param" in config else ""),
+        "notes": runtime_notes(config, folder),
         "quantization": _quantization(config),
         "context_length": config.get("max_position_embeddings"), "rope": _rope(config),
-        "tokenizer": tok_kind, "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
+        "tokenizer": tok_kind, "tokenizer_used": which_tokenizer(folder), "tokenizer_agreement": agreement,
+        "vocab_size": tok_size, "chat_template": chat_template(folder) is not None,
         "size_bytes": size,
     }
 

@@ -22,6 +22,7 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import UserError
 from .mup import MupScales, fold_factors, fold_rope_scaling, tied
+from .official import check_activation
 from .shapes import check_checkpoint, check_shape
 
 Make = Callable[[], torch.Tensor]
@@ -199,6 +200,7 @@ def _moe_keys(plan: GGUFPlan, config: dict) -> None:
 def plan_minicpm(ckpt: Checkpoint) -> GGUFPlan:
     config = ckpt.config
     check_checkpoint(ckpt)
+    check_activation(config, ckpt.path / "config.json")
     scales = MupScales.from_config(config, ckpt.path / "config.json")
     plan = GGUFPlan("minicpm", ckpt.family.name, model_name(ckpt), vocab_rows=config["vocab_size"])
     _common_keys(plan, config, config["intermediate_size"])

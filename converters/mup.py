@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
+from .official import check_activation
 from .shapes import check_shapes
 from .tensors import OutTensor
 
@@ -38,9 +39,7 @@ class MupScales:
 
     @classmethod
     def from_config(cls, config: dict, where) -> "MupScales":
-        missing = [k for k in ("scale_emb", "scale_depth", "dim_model_base") if config.get(k) is None]
-        if missing:
-            raise UserError(f"{where}: MiniCPM config lacks {', '.join(missing)} (needed to fold muP)")
+        """From a config completed with the official defaults (Checkpoint.config)."""
         return cls(
             embedding=float(config["scale_emb"]),
             residual=float(config["scale_depth"]) / math.sqrt(config["num_hidden_layers"]),
@@ -91,6 +90,13 @@ def fold_rope_scaling(config: dict) -> dict | None:
     long_factor at every length whenever max_position_embeddings > original_max_position_embeddings;
     transformers' Llama picks short or long by the current length. Writing the factor MiniCPM really
     uses into both slots gives the same function at every length.
+
+    The attention scale sqrt(1 + ln(max/original) / ln(original)) is what every runtime derives, each
+    from different keys: transformers 4.43-4.5x needs `factor` (a TypeError without it) and takes
+    `original` from the config's top level (else it uses max, giving 1.0801 for 1.0954 at 64k/32k);
+    transformers 5 reads both from rope_parameters; vLLM's Llama reads original from rope_scaling and
+    max from the config. So `factor` = max / original goes inside, and rope_fields repeats
+    original_max_position_embeddings at the top level.
     """
     rs = config.get("rope_scaling")
     if not rs:
@@ -99,11 +105,26 @@ def fold_rope_scaling(config: dict) -> dict | None:
     kind = rs.get("rope_type") or rs.get("type")
     rs["rope_type"] = rs["type"] = kind
     if kind == "longrope":
-        original = rs.get("original_max_position_embeddings") or config["max_position_embeddings"]
+        original = (rs.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+                    or config["max_position_embeddings"])
         used = rs["long_factor"] if config["max_position_embeddings"] > original else rs["short_factor"]
         rs["long_factor"], rs["short_factor"] = list(used), list(used)
         rs["original_max_position_embeddings"] = original
+        rs.setdefault("factor", config["max_position_embeddings"] / original)
     return rs
+
+
+def rope_fields(config: dict, fold_factors: bool) -> dict:
+    """rope_scaling as every Llama runtime reads it, and LongRoPE's original context at the top level.
+
+    A MiniCPM gets the factor set its own code uses in both slots (fold_factors); a Llama input keeps
+    its factors (its semantics are Llama's) and only gains the keys it lacks."""
+    rs = fold_rope_scaling(config)
+    if rs and not fold_factors:
+        rs = config["rope_scaling"] | {k: v for k, v in rs.items() if k not in config["rope_scaling"]}
+    if not rs or rs.get("rope_type") != "longrope":
+        return {"rope_scaling": rs} if rs else {}
+    return {"rope_scaling": rs, "original_max_position_embeddings": rs["original_max_position_embeddings"]}
 
 
 def llama_config(config: dict, dtype: torch.dtype, architecture: str, model_type: str) -> dict:
@@ -123,7 +144,7 @@ def llama_config(config: dict, dtype: torch.dtype, architecture: str, model_type
         "max_position_embeddings": config.get("max_position_embeddings", 4096),
         "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
         "rope_theta": config.get("rope_theta", 10000.0),
-        "rope_scaling": fold_rope_scaling(config),
+        **rope_fields(config, fold_factors=True),
         "hidden_act": config.get("hidden_act", "silu"),
         "initializer_range": config.get("initializer_range", 0.02),
         "attention_bias": False,
@@ -155,6 +176,7 @@ def fold_plan(ckpt) -> list[OutTensor]:
     config, family = ckpt.config, ckpt.family
     expected = family.shapes(config, ckpt.path / "config.json")
     check_shapes(ckpt, expected)
+    check_activation(config, ckpt.path / "config.json")
     f = fold_factors(ckpt)
     plan = []
     for name, shape in expected.items():

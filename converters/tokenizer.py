@@ -179,3 +179,41 @@ def chat_template(folder: Path) -> str | None:
     if template is not None and len(template) > MAX_TEMPLATE_CHARS:
         raise UserError(f"{path}: chat template beyond the limit of {MAX_TEMPLATE_CHARS} characters")
     return template
+
+
+# Strings on which MiniCPM's two shipped tokenizers are known to part ways (README, "Tokenizer").
+PROBES = ("Hello... world", "<|im_start|>user\n你好<|im_end|>\n", "Tell me about 北京.", "  two spaces\n\nnew para")
+
+
+def which_tokenizer(folder: Path) -> str:
+    """The tokenizer file every verb reads for this folder (GGUF outputs embed the same vocabulary)."""
+    if (folder / "tokenizer.model").is_file():
+        ignored = " (tokenizer.json ignored)" if (folder / "tokenizer.json").is_file() else ""
+        return "tokenizer.model (sentencepiece)" + ignored
+    if (folder / "tokenizer.json").is_file():
+        return "tokenizer.json"
+    return "none"
+
+
+def tokenizer_agreement(folder: Path, used=None) -> dict | None:
+    """Where a folder ships both tokenizer.model and tokenizer.json: the ids each gives for PROBES.
+
+    tokenizer.json is read with the `tokenizers` library exactly as shipped; tokenizer.model through
+    load_tokenizer, as every verb reads it. None when the folder has only one of them.
+    """
+    folder = Path(folder)
+    if not ((folder / "tokenizer.model").is_file() and (folder / "tokenizer.json").is_file()):
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        shipped = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as exc:
+        raise UserError(f"{folder / 'tokenizer.json'}: cannot be read ({exc})") from None
+    used = used or load_tokenizer(folder)
+    probes = []
+    for text in PROBES:
+        ours = used.encode(text, add_special_tokens=False)
+        theirs = shipped.encode(text, add_special_tokens=False).ids
+        probes.append({"text": text, "tokenizer.model": ours, "tokenizer.json": theirs, "agree": ours == theirs})
+    return {"probes": probes, "disagree": sum(not p["agree"] for p in probes)}

@@ -33,7 +33,26 @@ def inspect(
                            else human_bytes(info["size_bytes"]))
     shown["dtypes"] = ", ".join(info["dtypes"])
     shown["mup"] = ", ".join(f"{k}={v:g}" for k, v in info["mup"].items()) or "none"
+    if "defaults_used" in info:
+        shown["defaults_used"] = (", ".join(info["defaults_used"]) + " (config omits them: OpenBMB's defaults)"
+                                  if info["defaults_used"] else "none")
+        shown["notes"] = "; ".join(info["notes"]) or "none"
+    if "tokenizer_agreement" in info:
+        shown["tokenizer_agreement"] = agreement_line(info["tokenizer_agreement"])
     console.print(table(f"inspect {model}", ["field", "value"],
                         [[k.replace("_bytes", ""), v] for k, v in shown.items() if k != "path"]))
     if json_out:
         write_json(json_out, info, force, [model])
+
+
+def agreement_line(agreement: dict | None) -> str:
+    """One cell: do tokenizer.model and the shipped tokenizer.json give the same ids on the probes?"""
+    if agreement is None:
+        return "one tokenizer file only"
+    probes = agreement["probes"]
+    if not agreement["disagree"]:
+        return f"tokenizer.json agrees on all {len(probes)} probe strings"
+    first = next(p for p in probes if not p["agree"])
+    ids = lambda key: " ".join(map(str, first[key]))  # noqa: E731
+    return (f"tokenizer.json differs on {agreement['disagree']} of {len(probes)} probe strings, e.g. "
+            f"{first['text']!r}: {ids('tokenizer.model')} (used) vs {ids('tokenizer.json')}")

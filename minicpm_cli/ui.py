@@ -13,6 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from converters.errors import UserError
+from converters.official import forget_notices
 
 console = Console()
 err_console = Console(stderr=True)
@@ -22,6 +23,7 @@ def stage(fn):
     """Run a verb: a UserError becomes one stderr line and its exit code; Ctrl-C exits 130."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        forget_notices()  # each verb says its notes once
         try:
             return fn(*args, **kwargs)
         except UserError as exc:

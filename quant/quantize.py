@@ -249,7 +249,7 @@ def prepare(src: Path | str, out: Path | str, opts: QuantizeOptions, force: bool
     check_checkpoint(ckpt)  # before calibration data is fetched or anything is computed
     for name in ckpt.names:  # one streaming read: a NaN/inf weight is an error before minutes of work
         ckpt.get(name)
-    family = ckpt.family
+    config, family = ckpt.config, ckpt.family  # with OpenBMB's defaults (v_head_dim, muP) filled in
     opts = resolve_options(opts, moe=family.moe)
     check_group_size(opts, config, family)
     job = Job(src, out, folder, config, family, opts, METHODS[opts.method], resolve_device(opts.device),
@@ -362,6 +362,12 @@ METHODS = {
 def save(job: Job, model, tmp: Path) -> QuantizeResult:
     """Write the quantized model, its tokenizer and its card into tmp; the result describes them."""
     opts = job.opts
+    if (job.folder / "generation_config.json").is_file():
+        # transformers 5 refuses to save a generation config it finds inconsistent (MiniCPM3-4B's
+        # do_sample false with temperature 0.8); copy_tokenizer copies the published file after it
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_model_config(model.config)
     job.method.save(model, tmp, job)
     copy_tokenizer(job.folder, tmp)
     result = QuantizeResult(

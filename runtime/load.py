@@ -274,6 +274,7 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
         if ckpt:
             ckpt.check_finite = False  # scoring or chatting with it only warns (below)
         family = ckpt.family if ckpt else family_of(config, folder / "config.json")
+        config = ckpt.config if ckpt else family.complete(config)[0]  # OpenBMB's defaults filled in
         from converters.lora import is_view
 
         if ckpt and (family.folds_for_transformers or is_view(folder)):

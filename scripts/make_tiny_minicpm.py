@@ -2,7 +2,10 @@
 """Write a tiny MiniCPM checkpoint in the published layout (optionally trained briefly on real text).
 
     python scripts/make_tiny_minicpm.py OUT [--family dense-gqa-tied] [--train-steps 300] [--text FILE]
+    python scripts/make_tiny_minicpm.py OUT --like ../shared/minicpm-hf/MiniCPM3-4B [--config FILE]
     python scripts/make_tiny_minicpm.py OUT --family minicpm5 [--train-steps 300] [--text FILE] [--chats FILE]
+
+--like copies a published model's config (every key; only sizes shrunk) and its tokenizer files.
 """
 import argparse
 
@@ -21,9 +24,17 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--weights", choices=("safetensors", "bin"), default="safetensors")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--like", help="a published model folder: its config.json shrunk, its tokenizer files")
+    p.add_argument("--config", help="with --like: the published config.json to shrink, when LIKE has none "
+                                     "(MiniCPM-2B-sft-bf16: MiniCPM-V-2B-llm/config.json)")
     p.add_argument("--chats", help="minicpm5: Alpaca-style JSON ({instruction, input, output} records) that also "
                                     "trains the chat format, thinking on and off")
     a = p.parse_args()
+    if a.like:
+        from converters.tiny_like import make_tiny_like
+
+        print(f"wrote {make_tiny_like(a.out, a.like, config=a.config, tokenizer=a.tokenizer, seed=a.seed)}")
+        return
     if a.family == "minicpm5":
         out = make_tiny_minicpm5(a.out, text=a.text, chats=a.chats, train_steps=a.train_steps, seed=a.seed, log=print)
         print(f"wrote {out}")

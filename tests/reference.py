@@ -1,7 +1,9 @@
 """An independent MiniCPM forward, written from the published formulas for these tests only.
 
 It shares no code with the project: weights come straight from the checkpoint's safetensors, and
-every step (muP scalars, RoPE incl. LongRoPE, GQA, MoE routing) is spelled out here.
+every step (muP scalars, RoPE incl. LongRoPE, GQA, MoE routing, MiniCPM3's multi-head latent
+attention) is spelled out here. Missing keys take the defaults of OpenBMB's configuration classes
+(scale_emb = scale_depth = dim_model_base = 1, tied head); a Llama config has no muP at all.
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def _attention(x, w, prefix, config, cos, sin):
     T, H = x.shape
     n_heads = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_heads
-    d = H // n_heads
+    d = config.get("head_dim") or H // n_heads
     q = (x @ w[prefix + "q_proj.weight"].t()).reshape(T, n_heads, d).permute(1, 0, 2)
     k = (x @ w[prefix + "k_proj.weight"].t()).reshape(T, n_kv, d).permute(1, 0, 2)
     v = (x @ w[prefix + "v_proj.weight"].t()).reshape(T, n_kv, d).permute(1, 0, 2)
@@ -68,6 +70,31 @@ def _attention(x, w, prefix, config, cos, sin):
     scores = scores.masked_fill(~mask, float("-inf"))
     out = torch.einsum("hts,hsd->htd", scores.softmax(dim=-1), v)
     return out.permute(1, 0, 2).reshape(T, n_heads * d) @ w[prefix + "o_proj.weight"].t()
+
+
+def _latent_attention(x, w, prefix, config, cos, sin):
+    """MiniCPM3's MLA: queries and keys/values pass through low-rank bottlenecks (each RMS-normed);
+    every head's key = [its own no-rope part | one rotary part shared by all heads]; the value width
+    is hidden_size // heads in OpenBMB's code (a config's v_head_dim, where given, as transformers
+    reads it); scores are scaled by 1/sqrt(nope + rope)."""
+    T, H = x.shape
+    nh, eps = config["num_attention_heads"], config["rms_norm_eps"]
+    nope, rope, kv_rank = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["kv_lora_rank"]
+    vd = config.get("v_head_dim") or H // nh
+    q_latent = _rms(x @ w[prefix + "q_a_proj.weight"].t(), w[prefix + "q_a_layernorm.weight"], eps)
+    q = (q_latent @ w[prefix + "q_b_proj.weight"].t()).reshape(T, nh, nope + rope).permute(1, 0, 2)
+    kv_a = x @ w[prefix + "kv_a_proj_with_mqa.weight"].t()
+    kv_latent, k_rot = kv_a[:, :kv_rank], kv_a[:, kv_rank:]
+    kv = (_rms(kv_latent, w[prefix + "kv_a_layernorm.weight"], eps) @ w[prefix + "kv_b_proj.weight"].t())
+    kv = kv.reshape(T, nh, nope + vd).permute(1, 0, 2)
+    k_nope, v = kv[..., :nope], kv[..., nope:]
+    q = torch.cat([q[..., :nope], _rotate(q[..., nope:], cos, sin)], dim=-1)
+    k_rot = _rotate(k_rot[None], cos, sin).expand(nh, T, rope)
+    k = torch.cat([k_nope, k_rot], dim=-1)
+    scores = torch.einsum("htd,hsd->hts", q, k) / math.sqrt(nope + rope)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    out = torch.einsum("hts,hsd->htd", scores.masked_fill(~mask, float("-inf")).softmax(dim=-1), v)
+    return out.permute(1, 0, 2).reshape(T, nh * vd) @ w[prefix + "o_proj.weight"].t()
 
 
 def _mlp(x, w, prefix, config):
@@ -89,17 +116,23 @@ def _mlp(x, w, prefix, config):
 
 @torch.no_grad()
 def minicpm_logits(config: dict, w: dict[str, torch.Tensor], ids: list[int]) -> torch.Tensor:
-    """Logits [T, vocab] of a MiniCPM 1/2/4 or MiniCPM-MoE checkpoint, float32."""
+    """Logits [T, vocab] of a MiniCPM 1/2/3/4, MiniCPM-MoE or Llama checkpoint, float32."""
     L, H, eps = config["num_hidden_layers"], config["hidden_size"], config["rms_norm_eps"]
-    branch_scale = config["scale_depth"] / math.sqrt(L)
-    h = w["model.embed_tokens.weight"][torch.tensor(ids)] * config["scale_emb"]
-    cos, sin = _rope_tables(config, len(ids), H // config["num_attention_heads"])
+    arch = (config.get("architectures") or ["MiniCPMForCausalLM"])[0]
+    llama = not arch.startswith("MiniCPM")
+    mup = {k: 1.0 if llama else float(config.get(k) or 1) for k in ("scale_emb", "scale_depth", "dim_model_base")}
+    branch_scale = 1.0 if llama else mup["scale_depth"] / math.sqrt(L)
+    h = w["model.embed_tokens.weight"][torch.tensor(ids)] * mup["scale_emb"]
+    mla = arch == "MiniCPM3ForCausalLM"
+    rotary = config["qk_rope_head_dim"] if mla else config.get("head_dim") or H // config["num_attention_heads"]
+    cos, sin = _rope_tables(config, len(ids), rotary)
+    attention = _latent_attention if mla else _attention
     for i in range(L):
         p = f"model.layers.{i}."
-        h = h + branch_scale * _attention(_rms(h, w[p + "input_layernorm.weight"], eps), w, p + "self_attn.",
-                                          config, cos, sin)
+        h = h + branch_scale * attention(_rms(h, w[p + "input_layernorm.weight"], eps), w, p + "self_attn.",
+                                         config, cos, sin)
         h = h + branch_scale * _mlp(_rms(h, w[p + "post_attention_layernorm.weight"], eps), w, p + "mlp.", config)
-    h = _rms(h, w["model.norm.weight"], eps) / (H / config["dim_model_base"])
-    tied = config.get("tie_word_embeddings", True) or "lm_head.weight" not in w
+    h = _rms(h, w["model.norm.weight"], eps) / (1.0 if llama else H / mup["dim_model_base"])
+    tied = config.get("tie_word_embeddings", not llama) or "lm_head.weight" not in w
     head = w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]
     return h @ head.t()

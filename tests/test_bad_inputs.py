@@ -8,7 +8,7 @@ traceback, and nothing partial left on disk.
 | folder without config.json             | 2, "no config.json"                                |            |
 | config.json that is not JSON           | 1, "config.json: not valid JSON"                   | yes        |
 | config of another architecture (GPT-2) | 2, "architecture GPT2LMHeadModel is not supported" | yes        |
-| MiniCPM config without scale_emb       | 1, "lacks scale_emb"                               |            |
+| MiniCPM config without scale_emb       | 0: OpenBMB's default 1 (not an error)              |            |
 | index naming a missing shard           | 1, "<shard>: shard named in ... is missing"        | yes        |
 | safetensors truncated in the middle    | 1, "<file>: truncated safetensors file"            | yes        |
 | tensor shape disagreeing with config   | 1, "<tensor> has shape [...] but config.json ..."  | yes        |
@@ -91,9 +91,17 @@ def test_config_of_another_architecture(cli, model, tmp_path):
     assert_one_line_error(r, "config.json", "architecture GPT2LMHeadModel is not supported", code=2)
 
 
-def test_config_without_scale_emb(cli, model, tmp_path):
+def test_config_without_scale_emb_takes_openbmbs_default_of_1(cli, model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from converters.checkpoint import Checkpoint
+
     edit_config(model, scale_emb=None)
-    assert_one_line_error(convert(cli, model, tmp_path / "out"), "config.json", "lacks scale_emb", code=1)
+    assert cli("convert", model, "--to", "llama", "-o", tmp_path / "out", "--dtype", "f32").code == 0
+    (written,) = [load_file(f) for f in (tmp_path / "out").glob("*.safetensors")]
+    source = Checkpoint(model).get("model.embed_tokens.weight").float()
+    assert torch.equal(written["model.embed_tokens.weight"], source)  # x 1: copied, not scaled
 
 
 def test_index_naming_a_missing_shard(cli, model, tmp_path):

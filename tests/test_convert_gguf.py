@@ -1,7 +1,7 @@
 """`minicpm convert --to gguf`: llama.cpp itself (llama-cpp-python) runs the files we write.
 
 Logits come from llama.cpp with an f32 KV cache (runtime.load.load_gguf) and are compared with the
-independent reference forward (tests/reference.py) or, for MiniCPM3, transformers' native model.
+independent reference forward (tests/reference.py, MiniCPM3's MLA included).
 """
 from __future__ import annotations
 
@@ -46,10 +46,6 @@ def gguf_logits(path, ids=IDS, n_ctx=128) -> torch.Tensor:
 
 
 def reference_logits(src, family, ids=IDS) -> torch.Tensor:
-    if family == "minicpm3":
-        from runtime.load import load_model
-
-        return load_model(src).logits(ids)  # transformers' native MiniCPM3
     return minicpm_logits(*load_minicpm(src), ids)
 
 

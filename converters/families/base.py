@@ -35,6 +35,15 @@ class Family:
         """Whether config.json describes this family."""
         return self.named_by(config)
 
+    # keys OpenBMB's configuration class fills in when config.json omits them (converters.official)
+    official_defaults: dict = {}
+
+    def complete(self, config: dict) -> tuple[dict, list[str]]:
+        """(config with the official defaults filled in, 'key=value' for each one filled): every path reads
+        the completed config, so a missing key means the same thing in GGUF, the fold and transformers."""
+        filled = {k: v for k, v in self.official_defaults.items() if config.get(k) is None}
+        return config | filled, [f"{k}={v:g}" for k, v in filled.items()]
+
     def shapes(self, config: dict, where) -> dict[str, tuple[int, ...]]:
         """Every tensor name a checkpoint must hold, with its shape, as config.json implies them."""
         from ..shapes import llama_shapes
@@ -50,9 +59,13 @@ class Family:
 
     def folded_config(self, config: dict, dtype: torch.dtype) -> dict:
         """The Llama/Mixtral config.json with the same function: already plain, so every field is kept
-        (mup.folded_config sets the tie and eps the fold implies)."""
+        (mup.folded_config sets the tie and eps the fold implies) and the rope keys older runtimes need
+        are completed."""
+        from ..mup import rope_fields
+
         out = {k: v for k, v in config.items() if k not in ("auto_map", "_name_or_path", "dtype")}
-        return out | {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
+        out |= {"tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch.")}
+        return out | rope_fields(out, fold_factors=False)
 
     def fold_plan(self, ckpt) -> list:
         from ..mup import fold_plan

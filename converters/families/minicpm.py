@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..official import MUP_DEFAULTS
 from .base import Family
 
 
@@ -18,6 +19,8 @@ class MiniCPM(Family):
     gguf_arch = "minicpm"
     folds_for_transformers = True
     folded_architecture = ("LlamaForCausalLM", "llama")
+
+    official_defaults = MUP_DEFAULTS  # MiniCPMConfig: scale_emb = scale_depth = dim_model_base = 1
 
     def matches(self, config: dict) -> bool:
         return self.named_by(config) and bool(config.get("num_experts")) == self.moe

@@ -7,14 +7,14 @@ in float32. Chat: ChatML when the model ships no template. AWQ needs its own nor
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from ..errors import UsageError, UserError
 from ..gguf_plan import GGUFPlan, GGUFTensor, _common_keys, _rope_keys, _scaled, model_name
-from ..mup import tied
+from ..mup import fold_rope_scaling, tied
+from ..official import MUP_DEFAULTS, check_activation
 from ..shapes import check_shape, check_shapes
 from .base import Family
 
@@ -26,6 +26,18 @@ class MiniCPM3(Family):
     tied_by_default = True
     gguf_arch = "minicpm3"
     chat_style = "chatml"
+
+    official_defaults = MUP_DEFAULTS  # MiniCPM3Config: scale_emb = scale_depth = dim_model_base = 1
+
+    def complete(self, config: dict) -> tuple[dict, list[str]]:
+        """The muP defaults, and v_head_dim = hidden_size // heads: OpenBMB's attention sizes the value head
+        so whatever the config says (MiniCPM3-4B's config.json has no v_head_dim)."""
+        config, used = super().complete(config)
+        H, nh = config.get("hidden_size"), config.get("num_attention_heads")
+        if config.get("v_head_dim") is None and isinstance(H, int) and isinstance(nh, int) and nh > 0:
+            config = config | {"v_head_dim": H // nh}
+            used.append(f"v_head_dim={H // nh}")
+        return config, used
 
     def shapes(self, config: dict, where) -> dict[str, tuple[int, ...]]:
         return mla_shapes(config, where)
@@ -47,6 +59,7 @@ class MiniCPM3(Family):
     def load_float(self, folder: Path, config: dict, dtype: torch.dtype):
         from transformers import MiniCPM3ForCausalLM
 
+        check_activation(config, folder / "config.json")
         return MiniCPM3ForCausalLM.from_pretrained(folder, config=minicpm3_config(config), dtype=dtype)
 
     def awq_mappings(self):
@@ -94,6 +107,7 @@ def plan_minicpm3(ckpt) -> GGUFPlan:
     config, where = ckpt.config, ckpt.path / "config.json"
     expected = mla_shapes(config, where)
     check_shapes(ckpt, expected)
+    check_activation(config, where)
     H, L = config["hidden_size"], config["num_hidden_layers"]
     ql, kvl, nope, rope, vd = (config[k] for k in MLA_KEYS)
     plan = GGUFPlan("minicpm3", ckpt.family.name, model_name(ckpt), vocab_rows=config["vocab_size"])
@@ -106,13 +120,10 @@ def plan_minicpm3(ckpt) -> GGUFPlan:
     plan.key("add_rope_dimension_count", rope)
     _rope_keys(plan, config, rope, where, as_freqs=False)
 
-    # transformers' MiniCPM3Config defaults, then the ratio to what llama.cpp's graph assumes
-    scale_emb = float(config.get("scale_emb", 12))
-    scale_depth = float(config["scale_depth"]) if config.get("scale_depth") is not None else math.sqrt(L)
-    base = float(config["dim_model_base"]) if config.get("dim_model_base") is not None else float(H)
-    emb = scale_emb / LLAMA_CPP_MINICPM3["scale_emb"]
-    residual = scale_depth / LLAMA_CPP_MINICPM3["scale_depth"]
-    logit = base / LLAMA_CPP_MINICPM3["dim_model_base"]
+    # the config's muP values (OpenBMB's defaults filled in), as ratios to llama.cpp's constants
+    emb = float(config["scale_emb"]) / LLAMA_CPP_MINICPM3["scale_emb"]
+    residual = float(config["scale_depth"]) / LLAMA_CPP_MINICPM3["scale_depth"]
+    logit = float(config["dim_model_base"]) / LLAMA_CPP_MINICPM3["dim_model_base"]
 
     get = lambda name, factor=1.0: _scaled(lambda: ckpt.get(name), factor)  # noqa: E731
     plan.tensors.append(GGUFTensor("token_embd.weight", expected["model.embed_tokens.weight"],
@@ -148,18 +159,20 @@ def plan_minicpm3(ckpt) -> GGUFPlan:
 
 
 def minicpm3_config(config: dict):
-    """transformers' MiniCPM3Config for a published config.json.
+    """transformers' MiniCPM3Config for a MiniCPM3 checkpoint's completed config (Checkpoint.config).
 
-    transformers 5.17's MLA attention reads rope_parameters["factor"] for LongRoPE, which published
-    MiniCPM3 configs do not carry; its value is max_position_embeddings / original (1.0 for MiniCPM3-4B).
+    Its muP keys and v_head_dim carry OpenBMB's defaults (transformers' config class has 12 / 1.4 / 256).
+    OpenBMB's LongRoPE uses one factor set at every length (long_factor when max_position_embeddings >
+    original), transformers' picks by the current length: fold_rope_scaling writes the used set into
+    both slots, and the `factor` (max / original) transformers 5.17's MLA reads for the attention scale.
     """
     from transformers import MiniCPM3Config
 
-    config = {k: v for k, v in config.items() if k not in ("auto_map", "architectures")}
-    rs = config.get("rope_scaling")
-    if rs and (rs.get("rope_type") or rs.get("type")) == "longrope" and "factor" not in rs:
-        original = rs.get("original_max_position_embeddings") or config["max_position_embeddings"]
-        config["rope_scaling"] = rs | {"factor": config["max_position_embeddings"] / original}
+    config = {k: v for k, v in config.items() if k not in ("auto_map", "architectures", "model_type")}
+    if config.get("rope_scaling"):
+        config["rope_scaling"] = fold_rope_scaling(config)
+    if isinstance(config.get("dim_model_base"), float) and config["dim_model_base"].is_integer():
+        config["dim_model_base"] = int(config["dim_model_base"])  # transformers' class accepts int only
     return MiniCPM3Config(**config)
 
 
