@@ -311,6 +311,7 @@ def lora_view(base: Path | str, adapter_folders: list[Path]):
 
 def _check_base(base: Path) -> None:
     from .checkpoint import model_folder
+    from .families import family_of
 
     if base.is_file():
         raise UsageError(f"--lora: {base} is a file; adapters merge into a model folder (not a GGUF)")
@@ -318,8 +319,9 @@ def _check_base(base: Path) -> None:
     config = read_json(folder / "config.json")
     if config.get("quantization_config"):
         raise UsageError(f"--lora: {folder} is quantized; merge into the float model, then quantize")
-    if config.get("model_type") == "minicpm3":
-        raise UsageError(f"--lora: merging into MiniCPM3 (multi-head latent attention) is not supported")
+    family = family_of(config, folder / "config.json")  # MiniCPM3-4B as published has no model_type
+    if family.lora_refusal:
+        raise UsageError(f"--lora: merging into {family.name} is not supported ({family.lora_refusal})")
 
 
 def describe(adapters_folders: list[Path]) -> list[str]:

@@ -9,7 +9,6 @@ one block (or one computed tensor) whatever the model's size.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Callable, Iterable

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from converters.atomic import check_output
 from converters.errors import UsageError
-from .sources import check_revision, lora_option, model_source, revision_option
+from .sources import check_revision, model_source, revision_option
 from .ui import console, err_console, human_bytes, stage, table, write_json
 
 
@@ -70,7 +70,6 @@ def eval_ppl(
     force: bool = typer.Option(False, "--force", help="Replace --json / --plot files that are earlier outputs."),
 ):
     """Perplexity (± stderr), tokens/s, peak memory and size of each MODEL on the same text."""
-    from runtime.perplexity import check_model_path, compare as compare_models, evaluate, load_text
     from runtime.plot import plot_format
 
     sources = [*models, *([compare] if compare else [])]

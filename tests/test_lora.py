@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -209,6 +210,7 @@ def _edit_adapter(folder, config=None, tensors=None):
     ("rank disagrees", ["rank 4 in its weights but r=8"]),
     ("not lora", ["a PREFIX_TUNING adapter", "only LoRA"]),
     ("gguf base", ["is a file", "not a GGUF"]),
+    ("published minicpm3 base", ["merging into minicpm3 is not supported", "multi-head latent attention"]),
 ])
 def test_bad_adapters_are_one_line_and_leave_nothing(case, needles, tiny, cli, tmp_path):
     src = tiny("dense-gqa-tied")
@@ -226,6 +228,10 @@ def test_bad_adapters_are_one_line_and_leave_nothing(case, needles, tiny, cli, t
     elif case == "not lora":
         _edit_adapter(adapter, {"peft_type": "PREFIX_TUNING"})
     base = src
+    if case == "published minicpm3 base":  # its config.json names the family by architectures alone
+        base = tmp_path / "minicpm3"
+        base.mkdir()
+        shutil.copy(shared_path("minicpm-hf", "MiniCPM3-4B", "config.json"), base / "config.json")
     if case == "gguf base":
         assert cli("convert", src, "--to", "gguf", "-o", tmp_path / "b.gguf").code == 0
         base = tmp_path / "b.gguf"

@@ -20,6 +20,7 @@ class Family:
     tied_by_default = False  # what a config without tie_word_embeddings means
     gguf_arch = "llama"  # llama.cpp architecture of a native (unfolded) GGUF
     chat_style: str | None = None  # built-in chat template when a model ships none; None: by vocabulary
+    lora_refusal: str | None = None  # why --lora cannot merge into this family; None: it can
 
     def __str__(self) -> str:
         return self.name

@@ -26,6 +26,7 @@ class MiniCPM3(Family):
     tied_by_default = True
     gguf_arch = "minicpm3"
     chat_style = "chatml"
+    lora_refusal = "multi-head latent attention: adapters target its low-rank projections"
 
     official_defaults = MUP_DEFAULTS  # MiniCPM3Config: scale_emb = scale_depth = dim_model_base = 1
 
