@@ -268,7 +268,8 @@ class Checkpoint:
         from disk one block at a time and checked like `get`: a copy of a vocabulary-sized tensor
         needs one block of memory, not the tensor."""
         info = self.info(name)
-        if len(info.shape) < 2 or info.nbytes <= max_bytes:
+        if self.merge is not None or len(info.shape) < 2 or info.nbytes <= max_bytes:
+            # --lora: the stored bytes are not the merged tensor; `get` merges it (float32), whole
             yield self.get(name)
             return
         rows = info.shape[0]
@@ -293,8 +294,9 @@ class Checkpoint:
     def copy_bytes(self, name: str, out_fd: int, max_bytes: int = 16 << 20) -> None:
         """Append the tensor's stored bytes to the file descriptor `out_fd`, block by block: no
         decode or re-encode, only the finiteness check `get` makes."""
+        dtype = self.info(name).dtype  # a --lora merge gives float32: rounded once to the stored dtype
         for block in self.row_chunks(name, max_bytes):
-            write_all(out_fd, block.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            write_all(out_fd, block.to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
     def file(self, name: str) -> Path:
         return self.path / name

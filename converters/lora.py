@@ -216,7 +216,7 @@ class Merge:
 
         self.adapters = adapters
         self.config = dict(ckpt.config)
-        self.tied = str(ckpt.family) != "minicpm3" and is_tied(ckpt.config, ckpt)
+        self.tied = is_tied(ckpt.config, ckpt)  # MiniCPM3 never gets here: _check_base refuses it
         for adapter in adapters:
             check_against(adapter, ckpt, self.tied)
         self.extra: dict[str, TensorInfo] = {}

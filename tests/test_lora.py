@@ -261,3 +261,21 @@ def test_merging_streams_one_tensor_at_a_time(tiny, tmp_path):
         assert torch.allclose(w, base + 2.0 * a[p + ".lora_B.weight"] @ a[p + ".lora_A.weight"], atol=1e-6)
         assert ckpt.get("model.norm.weight").dtype == torch.bfloat16  # untouched tensors pass through
     assert not view.exists()
+
+
+def test_a_merged_tensor_is_written_merged_whatever_the_writer_block_size(tiny, cli, tmp_path, monkeypatch):
+    """The writer copies unchanged tensors' stored bytes and scales others in row blocks read from disk;
+    under --lora neither may bypass the merge (a block size far below one tensor forces both paths)."""
+    import converters.safetensors_out as writer
+
+    src = tiny("dense-gqa-tied")
+    make_adapter(src, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"])
+    f32 = tmp_path / "f32"
+    assert cli("convert", src, "--lora", tmp_path / "adapter", "--to", "llama", "--dtype", "f32", "-o", f32).code == 0
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 64)
+    bf16 = tmp_path / "bf16"
+    assert cli("convert", src, "--lora", tmp_path / "adapter", "--to", "llama", "--dtype", "bf16", "-o", bf16).code == 0
+    a, b = load_file(f32 / "model.safetensors"), load_file(bf16 / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:  # one rounding of the same float32 merge
+        assert torch.equal(a[name].to(torch.bfloat16), b[name]), name
