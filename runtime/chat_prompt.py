@@ -110,11 +110,14 @@ def compile_template(source: str, where: str):
 
 
 def template_variables(source: str) -> set[str]:
-    """The variables a template reads from its caller."""
-    import jinja2
+    """The variables a template reads from its caller.
+
+    Parsed in the budgeted sandbox: jinja2's introspection runs its optimizer, which folds constant
+    expressions, and in a plain Environment `{{ 'x' * 10000000000 }}` would be built right here (seen:
+    a 24 GB process killed by the kernel)."""
     from jinja2 import meta
 
-    return meta.find_undeclared_variables(jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(source))
+    return meta.find_undeclared_variables(BudgetedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(source))
 
 
 @dataclass
