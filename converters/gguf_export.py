@@ -1,10 +1,15 @@
 """`minicpm convert --to gguf`: a MiniCPM (or Llama) checkpoint as one GGUF file for llama.cpp.
 
 The header (keys and every tensor's type and shape) is computed before any weight is read; then
-tensors are read, converted and written in order, two computed ahead of the write (MoE experts one
-expert at a time), so memory stays at a few tensors whatever the model's size. f32/f16/bf16 and the legacy block
-formats (q8_0, q4_0, q4_1, q5_0, q5_1) are written here with the `gguf` package; k-quants go through
-llama.cpp's own quantizer from a temporary f16 (or f32) GGUF next to OUT.
+tensors are read, converted and written in order, two pieces computed ahead of the write. A tensor
+that is a checkpoint tensor times a factor (all but the rope-interleaved q/k and the rope factors)
+is read, scaled and encoded in row blocks of CHUNK_BYTES stored bytes, and MoE experts one expert
+at a time, so memory stays at a few blocks (or one small computed tensor) whatever the model's size:
+not the largest tensor, let alone its float32 copy. Every output type encodes rows independently
+(f32/f16/bf16 elementwise, block formats within a row), so the bytes are the same as encoding the
+whole tensor. f32/f16/bf16 and the legacy block formats (q8_0, q4_0, q4_1, q5_0, q5_1) are written
+here with the `gguf` package; k-quants go through llama.cpp's own quantizer from a temporary f16
+(or f32) GGUF next to OUT, which reads it in slabs of the same size (gguf_kquant.quantize_gguf).
 """
 from __future__ import annotations
 
@@ -155,43 +160,73 @@ def _release_freed_memory() -> None:
 _malloc_trim = None
 
 
-def _encoded(t: GGUFTensor, qtype, part) -> np.ndarray:
-    value = part()
+CHUNK_BYTES = 16 << 20  # stored bytes per row block of a streamed tensor (as safetensors_out.CHUNK_BYTES)
+
+
+def _pieces(plan: GGUFPlan, types: list, max_bytes: int):
+    """The data to encode, in file order: (tensor, type, make) per row block, whole part (a tensor that
+    is not a checkpoint tensor times a factor) or MoE expert, then (tensor, type, None) at its end.
+    A block is read when this iterator reaches it, so nothing holds more than a block of a big tensor."""
+    for t, qtype in zip(plan.tensors, types):
+        for part in t.parts:
+            if hasattr(part, "blocks"):
+                for block in part.blocks(max_bytes):
+                    yield t, qtype, (lambda block=block: block)
+            else:
+                yield t, qtype, part
+        yield t, qtype, None
+
+
+def _encoded(t: GGUFTensor, qtype, make) -> np.ndarray:
+    value = make()
     piece_shape = t.shape if len(t.parts) == 1 else t.shape[1:]
-    if tuple(value.shape) != piece_shape:
+    if tuple(value.shape[1:]) != piece_shape[1:] or (value.dim() == 1 and value.shape != piece_shape):
         raise AssertionError(f"{t.name}: computed shape {tuple(value.shape)} != planned {piece_shape}")
     return encode(value, qtype).reshape(-1).view(np.uint8)
 
 
 def _write_tensors(f, plan: GGUFPlan, types: list, alignment: int,
                    on_tensor: Callable[[str, int], None] | None) -> int:
-    """Tensor data in file order. Two threads read and encode the next pieces while this one writes,
-    so reading, converting and the disk write overlap; at most two pieces are held at once."""
+    """Tensor data in file order. Two threads encode the next pieces (row blocks, see _pieces) while
+    this one writes, so reading, converting and the disk write overlap; at most two pieces are
+    held at once besides the one being written."""
     workers = ahead = 2
-    jobs = iter([(t, qtype, i, part) for t, qtype in zip(plan.tensors, types) for i, part in enumerate(t.parts)])
-    total = 0
+    jobs = _pieces(plan, types, CHUNK_BYTES)
+    total = written = 0
     f.write(b"\0" * (-f.tell() % alignment))
     with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gguf") as pool:
         pending: deque = deque()
+
+        def submit(job) -> None:
+            t, qtype, make = job
+            pending.append((t, qtype, None if make is None else pool.submit(_encoded, t, qtype, make)))
+
         try:
-            for t, qtype, i, part in itertools.islice(jobs, ahead):
-                pending.append((t, qtype, i, pool.submit(_encoded, t, qtype, part)))
+            for job in itertools.islice(jobs, ahead):
+                submit(job)
             while pending:
-                t, qtype, i, future = pending.popleft()
+                t, qtype, future = pending.popleft()
                 job = next(jobs, None)
                 if job is not None:
-                    pending.append((*job[:3], pool.submit(_encoded, job[0], job[1], job[3])))
-                f.write(future.result().data)
-                _release_freed_memory()
-                if i == len(t.parts) - 1:
-                    f.write(b"\0" * (-f.tell() % alignment))
-                    n = tensor_nbytes(t.shape, qtype)
-                    total += n
-                    if on_tensor:
-                        on_tensor(t.name, n)
+                    submit(job)
+                if future is not None:
+                    data = future.result()
+                    f.write(data.data)
+                    written += data.nbytes
+                    del data, future
+                    _release_freed_memory()
+                    continue
+                n = tensor_nbytes(t.shape, qtype)
+                if written != n:  # a block or part of the wrong size
+                    raise AssertionError(f"{t.name}: wrote {written} bytes, planned {n} ({tuple(t.shape)})")
+                f.write(b"\0" * (-f.tell() % alignment))
+                total, written = total + n, 0
+                if on_tensor:
+                    on_tensor(t.name, n)
         except BaseException:
             for *_, future in pending:
-                future.cancel()
+                if future is not None:
+                    future.cancel()
             raise
     return total
 
@@ -294,7 +329,7 @@ def write_prepared(prepared: Prepared, out, force: bool = False,
             base = tmp.with_name(tmp.name + "." + intermediate_type(plan))
             try:
                 write_gguf(base, plan, vocab, intermediate_type(plan), on_tensor)
-                quantize_gguf(base, tmp, outtype, importance)
+                quantize_gguf(base, tmp, outtype, importance, max_buf_bytes=CHUNK_BYTES)
             finally:
                 base.unlink(missing_ok=True)
         else:

@@ -112,13 +112,17 @@ def _captured_llama_log(llama_cpp, lines: list[str]):
 
 
 def quantize_gguf(src: Path, dst: Path, outtype: str, imatrix: dict[str, np.ndarray] | None = None,
-                  threads: int | None = None) -> None:
+                  threads: int | None = None, max_buf_bytes: int = 0) -> None:
     """Quantize the f16/f32 GGUF `src` into `dst` with llama.cpp's `llama_model_quantize`;
-    `imatrix`: tensor name -> importances, as read_imatrix returns them."""
+    `imatrix`: tensor name -> importances, as read_imatrix returns them. `max_buf_bytes` (0: llama.cpp's
+    default, 8 GiB) bounds the rows it holds at once (source, float32 and quantized): by default it
+    converts a whole tensor at a time, 754 MB of float32 alone for MiniCPM-1B's embedding. k-quant
+    blocks lie within a row, so slabs give the same bytes (tests/test_convert_gguf.py compares)."""
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = KQUANT_FTYPES[outtype]
     params.nthread = threads or os.cpu_count() or 1
+    params.max_buf_size = max_buf_bytes
     keep = []  # the ctypes buffers must outlive the call
     if imatrix:
         table = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()

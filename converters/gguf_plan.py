@@ -34,7 +34,7 @@ class GGUFTensor:
     experts) one piece per index of dim 0, in any float dtype."""
     name: str
     shape: tuple[int, ...]
-    parts: list[Make]
+    parts: list[Make]  # a part with `blocks` (SourceRows) is written row block by row block
     role: str = "weight"  # "weight"; "head" (the output projection); "f32" (norms, router, rope factors)
 
 
@@ -52,11 +52,33 @@ class GGUFPlan:
         self.keys.append((method, args))
 
 
-def _scaled(make: Make, factor: float = 1.0) -> Make:
-    """Arithmetic in float32; a tensor that is only copied keeps its dtype until it is encoded."""
-    if factor == 1.0:
-        return make
-    return lambda: make().to(torch.float32) * factor
+@dataclass(frozen=True)
+class SourceRows:
+    """`factor * checkpoint[name]` as a Make: whole when called, or row block by row block
+    (`blocks`), so the writer never holds a vocabulary-sized tensor or its float32 copy. Arithmetic
+    is in float32 when factor is not 1 (elementwise: blocks give the same values as the whole);
+    a tensor that is only copied keeps its dtype until it is encoded."""
+    ckpt: Checkpoint
+    name: str
+    factor: float = 1.0
+
+    def __call__(self) -> torch.Tensor:
+        return self._scale(self.ckpt.get(self.name))
+
+    def blocks(self, max_bytes: int):
+        """Consecutive row blocks of at most ~max_bytes of stored data each (Checkpoint.row_chunks)."""
+        for block in self.ckpt.row_chunks(self.name, max_bytes):
+            yield self._scale(block)
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.factor == 1.0 else x.to(torch.float32) * self.factor
+
+
+def folded_rows(t) -> Make:
+    """A folded OutTensor (converters.mup) as a Make, streamed in row blocks when it is a source tensor."""
+    if t.source is not None and t.checkpoint is not None:
+        return SourceRows(t.checkpoint, t.source, t.factor)
+    return t.make
 
 
 def interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -212,8 +234,7 @@ def plan_minicpm(ckpt: Checkpoint) -> GGUFPlan:
     _rope_keys(plan, config, head_dim, ckpt.path / "config.json", as_freqs=False)
 
     def get(name: str) -> Make:
-        name = name.replace(".block_sparse_moe.", ".mlp.")
-        return _scaled(lambda: ckpt.get(name))
+        return SourceRows(ckpt, name.replace(".block_sparse_moe.", ".mlp."))
 
     has = lambda name: name.replace(".block_sparse_moe.", ".mlp.") in ckpt  # noqa: E731
     head = None
@@ -234,7 +255,7 @@ def plan_llama(ckpt: Checkpoint) -> GGUFPlan:
     plan.key("add_vocab_size", config["vocab_size"])
     _moe_keys(plan, config)
     _rope_keys(plan, config, head_dim, ckpt.path / "config.json", as_freqs=True)
-    get = lambda name: _scaled(folded[name].make)  # noqa: E731
+    get = lambda name: folded_rows(folded[name])  # noqa: E731
     head = get("lm_head.weight") if "lm_head.weight" in folded else None  # None: token_embd is the head
     _llama_layout(plan, config, get, lambda name: name in folded, "block_sparse_moe", head)
     return plan

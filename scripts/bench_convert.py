@@ -11,7 +11,7 @@ its own process; peak RSS is that process's ru_maxrss. Rows, in one run:
 - `cp -r` of the folder: the anchor for `--to llama` (goal: <= 2x its time);
 - idle: the interpreter with torch and the converters imported, the "small constant" of the memory
   bound (goal: peak RSS <= largest output tensor in f32 + idle);
-- `--to llama`, `--to gguf` f16 / q8_0 / f16 --fold, next to llama.cpp's own convert_hf_to_gguf.py
+- `--to llama`, `--to gguf` f16 / q8_0 / q4_k_m (through llama.cpp's quantizer) / f16 --fold, next to llama.cpp's own convert_hf_to_gguf.py
   (from the llama-cpp-python sdist, downloaded with pip into --llama-cpp; benchmark only);
 - with --baseline DIR (a checkout of older code, e.g. `git archive COMMIT | tar -x -C DIR`), our
   rows again with that code, for before/after figures in the same run.
@@ -117,6 +117,8 @@ def main() -> None:
                                           out / "fold-f16.gguf", "--force"], out / "fold-f16.gguf"),
         "convert --to gguf q8_0": ([minicpm, "convert", src, "--to", "gguf", "--outtype", "q8_0",
                                     "-o", out / "q8_0.gguf", "--force"], out / "q8_0.gguf"),
+        "convert --to gguf q4_k_m": ([minicpm, "convert", src, "--to", "gguf", "--outtype", "q4_k_m",
+                                      "-o", out / "q4_k_m.gguf", "--force"], out / "q4_k_m.gguf"),
     }
     jobs: dict[str, tuple[list, Path | None, Path | None]] = {
         "cp -r": (["cp", "-r", src, out / "copy"], out / "copy", None),

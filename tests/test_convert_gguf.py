@@ -420,3 +420,50 @@ def test_existing_output_needs_force(tiny, cli, tmp_path):
     first = out.read_bytes()
     convert(cli, src, out, "--outtype", "q8_0", "--force")  # an earlier GGUF: replaced
     assert out.read_bytes()[:4] == b"GGUF" and out.read_bytes() != first
+
+
+
+@pytest.mark.parametrize("family,fold", [("dense-gqa-tied", True), ("moe", False), ("minicpm3", False)])
+def test_tensors_are_encoded_in_bounded_row_blocks_with_the_same_bytes(family, fold, tiny, monkeypatch, tmp_path):
+    """With a 4 KB block limit, every tensor read straight from the checkpoint (all but q/k, whose
+    rows are interleaved) is encoded in row blocks of at most 4 KB of stored data, llama.cpp's
+    quantizer gets the same slab limit, and every outtype's file is byte for byte the one written
+    with blocks larger than any tensor."""
+    from converters import gguf_export, gguf_kquant
+
+    src = tiny(family)
+    limit, whole = 4096, 1 << 40
+    pieces, slabs = [], []
+    encoded, quantize = gguf_export._encoded, gguf_kquant.quantize_gguf
+
+    def recording_encoded(t, qtype, make):
+        value = make()
+        pieces.append((t, tuple(value.shape)))
+        return encoded(t, qtype, lambda: value)
+
+    def recording_quantize(*args, max_buf_bytes=0, **kw):
+        slabs.append(max_buf_bytes)
+        return quantize(*args, max_buf_bytes=max_buf_bytes, **kw)
+
+    monkeypatch.setattr(gguf_export, "_encoded", recording_encoded)
+    monkeypatch.setattr(gguf_export, "quantize_gguf", recording_quantize)
+    for outtype in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m"):
+        files = {}
+        for chunk in (whole, limit):
+            pieces.clear()
+            monkeypatch.setattr(gguf_export, "CHUNK_BYTES", chunk)
+            out = tmp_path / f"{outtype}-{chunk}.gguf"
+            gguf_export.convert_to_gguf(src, out, outtype=outtype, fold=fold)
+            files[chunk] = out.read_bytes()
+        assert files[limit] == files[whole], outtype
+        streamed = 0
+        for t, shape in pieces:
+            part = t.parts[0]
+            if not hasattr(part, "blocks") or len(shape) < 2:
+                continue
+            row_bytes = shape[-1] * part.ckpt.info(part.name).dtype.itemsize
+            assert shape[0] * row_bytes <= max(limit, row_bytes), (outtype, t.name, shape)
+            streamed += 1
+        embedding_blocks = [shape for t, shape in pieces if t.name == "token_embd.weight"]
+        assert len(embedding_blocks) > 1 and streamed > len(pieces) // 2, (outtype, embedding_blocks, streamed)
+    assert slabs == [whole, limit]  # q4_k_m

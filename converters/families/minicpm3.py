@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError, UserError
-from ..gguf_plan import GGUFPlan, GGUFTensor, _common_keys, _rope_keys, _scaled, model_name
+from ..gguf_plan import GGUFPlan, GGUFTensor, _common_keys, _rope_keys, SourceRows, model_name
 from ..mup import fold_rope_scaling, tied
 from ..official import MUP_DEFAULTS, check_activation
 from ..shapes import check_shape, check_shapes
@@ -126,7 +126,7 @@ def plan_minicpm3(ckpt) -> GGUFPlan:
     residual = float(config["scale_depth"]) / LLAMA_CPP_MINICPM3["scale_depth"]
     logit = float(config["dim_model_base"]) / LLAMA_CPP_MINICPM3["dim_model_base"]
 
-    get = lambda name, factor=1.0: _scaled(lambda: ckpt.get(name), factor)  # noqa: E731
+    get = lambda name, factor=1.0: SourceRows(ckpt, name, factor)  # noqa: E731
     plan.tensors.append(GGUFTensor("token_embd.weight", expected["model.embed_tokens.weight"],
                                    [get("model.embed_tokens.weight", emb)], "weight"))
     names = {"q_a_proj": "attn_q_a", "q_a_layernorm": "attn_q_a_norm", "q_b_proj": "attn_q_b",
