@@ -31,6 +31,7 @@ from .errors import UsageError, UserError
 from .gguf_kquant import KQUANT_FTYPES, quantize_gguf
 from .gguf_plan import GGUFPlan, GGUFTensor, plan_gguf
 from .gguf_vocab import add_vocab, read_vocab
+from .safetensors_out import CHUNK_BYTES  # stored bytes per row block, as `--to llama` reads them
 
 # Outtypes written here: --outtype -> (GGML tensor type, GGUF file type), by the gguf package's enum names.
 # Adding one that gguf.quants can encode is one entry; k-quants live in gguf_kquant.KQUANT_FTYPES.
@@ -158,9 +159,6 @@ def _release_freed_memory() -> None:
 
 
 _malloc_trim = None
-
-
-CHUNK_BYTES = 16 << 20  # stored bytes per row block of a streamed tensor (as safetensors_out.CHUNK_BYTES)
 
 
 def _pieces(plan: GGUFPlan, types: list, max_bytes: int):

@@ -112,10 +112,17 @@ def compare(name: str, ours, theirs, reps: int) -> list[dict]:
     row = {"case": name, "ours_ttft_s": med["ours"][0], "ref_ttft_s": med["theirs"][0],
            "ours_tok_s": med["ours"][1], "ref_tok_s": med["theirs"][1],
            "decode_ratio": med["ours"][1] / med["theirs"][1], "ttft_ratio": med["ours"][0] / med["theirs"][0],
-           "tokens": (med["ours"][2], med["theirs"][2])}
+           "tokens": (med["ours"][2], med["theirs"][2]),
+           # each rep's ratio against the run next to it: their range is the noise of the median ratio
+           "decode_ratios": [o[1] / t[1] for o, t in zip(runs["ours"], runs["theirs"])],
+           "ttft_ratios": [o[0] / t[0] for o, t in zip(runs["ours"], runs["theirs"])],
+           "load_average": os.getloadavg()}
     print(f"{name:34s} TTFT {row['ours_ttft_s']:.3f}s vs {row['ref_ttft_s']:.3f}s ({row['ttft_ratio']:.2f}x)  "
           f"decode {row['ours_tok_s']:.2f} vs {row['ref_tok_s']:.2f} tok/s ({row['decode_ratio']:.3f}x)  "
           f"tokens {row['tokens']}", flush=True)
+    print(f"{'':34s} per rep: decode {' '.join(f'{r:.3f}' for r in row['decode_ratios'])}x, "
+          f"TTFT {' '.join(f'{r:.2f}' for r in row['ttft_ratios'])}x; "
+          f"load {' '.join(f'{x:.2f}' for x in row['load_average'])}", flush=True)
     return [row]
 
 

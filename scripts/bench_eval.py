@@ -9,9 +9,9 @@
 
 Both sides score the same token ids with the same windows (BOS + ctx-1 text tokens, all scored);
 perplexities are printed so that a mismatch shows. Only scoring is timed, not loading. Each side runs
-twice (ours, reference, reference, ours) and its faster run counts.
+twice per round (ours, reference, reference, ours; --rounds of them) and its fastest run counts.
 
-    python scripts/bench_eval.py [--hidden 1024 --layers 8 --ctx 512 --tokens 2048 --threads N]
+    python scripts/bench_eval.py [--hidden 1024 --layers 8 --ctx 512 --tokens 2048 --threads N] [--skip-hf] [--rounds 1]
 
 The model is a random MiniCPM (default ~210M parameters with the real 122,753-token MiniCPM
 vocabulary, whose LM head dominates scoring as it does in MiniCPM-1B/2B), written to --work.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -99,6 +100,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--gguf-type", default="f16")
     p.add_argument("--work", type=Path, default=None, help="folder for the models (default: a temporary one)")
+    p.add_argument("--skip-hf", action="store_true", help="only the GGUF row")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of (ours, reference, reference, ours)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -129,14 +132,19 @@ def main() -> None:
     sides = [("gguf " + args.gguf_type, lambda: ours(gguf), "llama-cpp-python loop",
               lambda: reference_gguf(gguf, enc.prefix, ids, args.ctx, args.threads)),
              ("hf f32", lambda: ours(llama), "transformers loop",
-              lambda: reference_hf(llama, enc.prefix, ids, args.ctx))]
+              lambda: reference_hf(llama, enc.prefix, ids, args.ctx))][: 1 if args.skip_hf else 2]
     print(f"{'backend':<10} {'eval-ppl ppl':>14} {'tok/s':>9}   {'reference':<22} {'ppl':>14} {'tok/s':>9}  {'ratio':>6}")
     for name, run_ours, ref_name, run_ref in sides:
-        first, ref1, ref2, second = run_ours(), run_ref(), run_ref(), run_ours()
-        (ppl, speed), (ref_ppl, ref_speed) = max(first, second, key=lambda r: r[1]), max(ref1, ref2, key=lambda r: r[1])
+        mine, refs = [], []
+        for _ in range(args.rounds):
+            mine.append(run_ours())
+            refs += [run_ref(), run_ref()]
+            mine.append(run_ours())
+        (ppl, speed), (ref_ppl, ref_speed) = max(mine, key=lambda r: r[1]), max(refs, key=lambda r: r[1])
         print(f"{name:<10} {ppl:>14.4f} {speed:>9.1f}   {ref_name:<22} {ref_ppl:>14.4f} {ref_speed:>9.1f}  "
-              f"{speed / ref_speed:>5.2f}x   (runs: ours {first[1]:.1f}, {second[1]:.1f}; "
-              f"reference {ref1[1]:.1f}, {ref2[1]:.1f} tok/s)", flush=True)
+              f"{speed / ref_speed:>5.2f}x   (runs: ours {', '.join(f'{r[1]:.1f}' for r in mine)}; "
+              f"reference {', '.join(f'{r[1]:.1f}' for r in refs)} tok/s; "
+              f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())})", flush=True)
 
 
 if __name__ == "__main__":
