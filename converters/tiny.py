@@ -120,14 +120,24 @@ def weight_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_weights(config: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_weights(shapes: dict[str, tuple[int, ...]], generator: torch.Generator,
+                   scale_emb: float | None = None) -> dict[str, torch.Tensor]:
+    """Random float32 weights for a shape table, drawn from `generator` in the table's order: the same
+    table and seed give bit-identical tensors (the trained test fixtures rely on it).
+
+    Vectors (norms) are 1 + 0.1·N(0, 1): near 1 but not 1, so a skipped norm shows. Matrices are
+    N(0, 1) / sqrt(fan_in), fan_in = shape[1]. With `scale_emb` (muP) the embedding is then scaled by
+    sqrt(H) / scale_emb: unit-RMS rows after the model's x scale_emb, so activations stay in range at every depth.
+    """
     weights = {}
-    for name, shape in weight_shapes(config).items():
-        if len(shape) == 1:  # norms near 1, but not 1, so a skipped norm shows
+    for name, shape in shapes.items():
+        if len(shape) == 1:
             weights[name] = 1.0 + 0.1 * torch.randn(shape, generator=generator)
         else:
             weights[name] = torch.randn(shape, generator=generator) / math.sqrt(shape[1])
-    weights["model.embed_tokens.weight"] *= math.sqrt(config["hidden_size"]) / config["scale_emb"]
+    if scale_emb is not None:
+        embed = weights["model.embed_tokens.weight"]
+        embed *= math.sqrt(embed.shape[1]) / scale_emb
     return weights
 
 
@@ -255,7 +265,7 @@ def make_tiny(out: Path | str, family: str = "dense-gqa-tied", tokenizer: Path |
         write_tokenizer_config(out, CHATML if chatml else USER_ASSISTANT, extra)
     config = base_config(family, vocab)
     g = torch.Generator().manual_seed(seed)
-    weights = random_weights(config, g)
+    weights = random_weights(weight_shapes(config), g, config["scale_emb"])
     if train_steps:
         from .tokenizer import load_tokenizer
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .tensors import OutTensor
 from .safetensors_out import write_sharded
-from .tiny import minicpm_forward, read_text
+from .tiny import minicpm_forward, random_weights, read_text
 
 TEMPLATE_FILE = Path(__file__).parent / "templates" / "minicpm5-chat_template.jinja"
 VOCAB_SIZE = 130560
@@ -120,8 +120,8 @@ def llama_forward(w: dict, config: dict, ids: torch.Tensor) -> torch.Tensor:
                                         "dim_model_base": config["hidden_size"]}, ids)
 
 
-def random_weights(config: dict, rows: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-    """Compact weights: `rows` embedding rows; lm_head has one more, the class of every unused id."""
+def compact_shapes(config: dict, rows: int) -> dict[str, tuple[int, ...]]:
+    """Compact weights' shapes: `rows` embedding rows; lm_head has one more, the class of every unused id."""
     H, I, L = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     q, kv = config["num_attention_heads"] * config["head_dim"], config["num_key_value_heads"] * config["head_dim"]
     shapes = {"model.embed_tokens.weight": (rows, H), "lm_head.weight": (rows + 1, H), "model.norm.weight": (H,)}
@@ -132,8 +132,7 @@ def random_weights(config: dict, rows: int, g: torch.Generator) -> dict[str, tor
                    p + "self_attn.v_proj.weight": (kv, H), p + "self_attn.o_proj.weight": (H, q),
                    p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
                    p + "mlp.down_proj.weight": (H, I)}
-    return {n: (1.0 + 0.1 * torch.randn(s, generator=g)) if len(s) == 1 else torch.randn(s, generator=g) / math.sqrt(s[1])
-            for n, s in shapes.items()}
+    return shapes
 
 
 def train_compact(w: dict, config: dict, ids: torch.Tensor, unused: int, steps: int, g: torch.Generator,
@@ -192,7 +191,7 @@ def make_tiny_minicpm5(out: Path | str, text: Path | str | None = None, chats: P
     trained = len(tokenizer_json["model"]["vocab"]) - 2  # BPE ids 0..trained-1, then the two markers
     real_ids = list(range(trained)) + [SPECIAL_IDS[IM_START], SPECIAL_IDS[IM_END]]
     g = torch.Generator().manual_seed(seed)
-    weights = random_weights(CONFIG, len(real_ids), g)
+    weights = random_weights(compact_shapes(CONFIG, len(real_ids)), g)  # no muP: embeddings as drawn
     if train_steps:
         tokenizer = load_tokenizer(out)
         texts = corpus + chat_texts(tokenizer, examples)
