@@ -212,18 +212,24 @@ def minicpm_forward(w: dict[str, torch.Tensor], config: dict, ids: torch.Tensor)
     return h @ head.T
 
 
-def train(weights: dict, config: dict, token_ids: list[int], steps: int, generator: torch.Generator,
-          seq_len: int = 128, batch: int = 16, lr: float = 3e-3, log=None) -> tuple[dict, list[float]]:
+def fit(weights: dict, forward, data: torch.Tensor, steps: int, generator: torch.Generator, seq_len: int,
+        batch: int, lr: float, log=None) -> tuple[dict, list[float]]:
+    """Train copies of `weights` on next-token cross-entropy of `forward(params, ids) -> logits`; return them
+    (detached) and each step's loss.
+
+    Each step reads `batch` windows of seq_len + 1 tokens of `data`, their starts drawn from `generator` (one
+    randint a step, nothing else drawn: a seed gives the same run). AdamW without weight decay; the learning
+    rate warms up linearly over 20 steps, then decays as a cosine towards 0 at `steps`.
+    """
     params = {k: v.clone().requires_grad_(True) for k, v in weights.items()}
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
-    data = torch.tensor(token_ids)
     losses = []
     for step in range(steps):
         starts = torch.randint(0, len(data) - seq_len - 1, (batch,), generator=generator)
         x = torch.stack([data[s: s + seq_len + 1] for s in starts])
-        for g in opt.param_groups:  # linear warm-up then cosine decay
-            g["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        logits = minicpm_forward(params, config, x[:, :-1])
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        logits = forward(params, x[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
@@ -232,6 +238,13 @@ def train(weights: dict, config: dict, token_ids: list[int], steps: int, generat
         if log and (step % 50 == 0 or step == steps - 1):
             log(f"step {step + 1}/{steps}  loss {loss.item():.3f}")
     return {k: v.detach() for k, v in params.items()}, losses
+
+
+def train(weights: dict, config: dict, token_ids: list[int], steps: int, generator: torch.Generator,
+          seq_len: int = 128, batch: int = 16, lr: float = 3e-3, log=None) -> tuple[dict, list[float]]:
+    """A dense MiniCPM trained on `token_ids` (see `fit`)."""
+    return fit(weights, lambda params, ids: minicpm_forward(params, config, ids), torch.tensor(token_ids), steps,
+               generator, seq_len, batch, lr, log)
 
 
 def make_tiny(out: Path | str, family: str = "dense-gqa-tied", tokenizer: Path | str | None = None,

@@ -30,11 +30,10 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .tensors import OutTensor
 from .safetensors_out import write_sharded
-from .tiny import minicpm_forward, random_weights, read_text
+from .tiny import fit, minicpm_forward, random_weights, read_text
 
 TEMPLATE_FILE = Path(__file__).parent / "templates" / "minicpm5-chat_template.jinja"
 VOCAB_SIZE = 130560
@@ -137,23 +136,14 @@ def compact_shapes(config: dict, rows: int) -> dict[str, tuple[int, ...]]:
 
 def train_compact(w: dict, config: dict, ids: torch.Tensor, unused: int, steps: int, g: torch.Generator,
                   seq_len: int = 128, batch: int = 8, lr: float = 1e-2, log=None) -> dict:
-    params = {k: v.clone().requires_grad_(True) for k, v in w.items()}
-    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
+    """Compact weights trained on compact `ids` (see tiny.fit): the last logit stands for `unused` ids at once."""
     log_unused = math.log(unused)
-    for step in range(steps):
-        starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=g)
-        x = torch.stack([ids[s: s + seq_len + 1] for s in starts])
-        for group in opt.param_groups:  # linear warm-up then cosine decay
-            group["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        logits = llama_forward(params, config, x[:, :-1])
-        logits = torch.cat([logits[..., :-1], logits[..., -1:] + log_unused], -1)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if log and (step % 50 == 0 or step == steps - 1):
-            log(f"step {step + 1}/{steps}  loss {loss.item():.3f}")
-    return {k: v.detach() for k, v in params.items()}
+
+    def forward(params: dict, x: torch.Tensor) -> torch.Tensor:
+        logits = llama_forward(params, config, x)
+        return torch.cat([logits[..., :-1], logits[..., -1:] + log_unused], -1)
+
+    return fit(w, forward, ids, steps, g, seq_len, batch, lr, log)[0]
 
 
 def expand(w: dict, real_ids: list[int], g: torch.Generator) -> dict[str, torch.Tensor]:
