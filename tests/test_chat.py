@@ -309,50 +309,58 @@ class RaisesSigintWhenCollected:
         signal.raise_signal(signal.SIGINT)  # the handler runs before raise_signal returns
 
 
-@pytest.mark.slow
-def test_ctrl_c_ends_a_reply_after_the_token_in_progress_even_inside_a_finalizer(tiny):
-    from minicpm_cli.chat import ctrl_c_ends_reply, open_session
+@pytest.fixture
+def greedy_session(tiny):
+    """A chat session of the trained tiny model: greedy, 40 new tokens at most."""
+    from minicpm_cli.chat import open_session
     from runtime.generate import Sampling
 
-    # 40 tokens of budget and Ctrl-C at the 5th piece: the reply cannot run out before it
-    session = open_session(tiny("dense-gqa-tied", trained=True), Sampling(temperature=0, max_new_tokens=40),
-                           device="cpu")
-    pieces = []
+    return open_session(tiny("dense-gqa-tied", trained=True), Sampling(temperature=0, max_new_tokens=40),
+                        device="cpu")
+
+
+def reply_with_ctrl_c(session, pieces: list[str], at_piece: int, ctrl_c) -> None:
+    """One reply under chat's Ctrl-C handling; its pieces go to `pieces`, and `ctrl_c()` runs as the
+    `at_piece`-th arrives."""
+    from minicpm_cli.chat import ctrl_c_ends_reply
 
     def write(piece):
         pieces.append(piece)
-        if len(pieces) == 5:
-            RaisesSigintWhenCollected()  # collected at once: a KeyboardInterrupt would be lost here
+        if len(pieces) == at_piece:
+            ctrl_c()
 
     with ctrl_c_ends_reply() as interrupted:
         session.reply("Tell me about the history of England.", write, interrupted=interrupted)
-    stats = session.generator.stats
-    assert stats.stop == "interrupted" and len(pieces) == 5, (stats, pieces)
-    assert stats.new_tokens == len(session.generator.last_tokens) < 40
+
+
+def assert_partial_reply_kept(session, pieces: list[str]) -> None:
     assert session.messages[-1] == {"role": "assistant", "content": "".join(pieces)}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the reply
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_raises_at_once(tiny):
-    from minicpm_cli.chat import ctrl_c_ends_reply, open_session
-    from runtime.generate import Sampling
-
-    session = open_session(tiny("dense-gqa-tied", trained=True), Sampling(temperature=0, max_new_tokens=40),
-                           device="cpu")
+def test_ctrl_c_ends_a_reply_after_the_token_in_progress_even_inside_a_finalizer(greedy_session):
+    # 40 tokens of budget and Ctrl-C at the 5th piece: the reply cannot run out before it. The object is
+    # collected at once, inside a finalizer, where a KeyboardInterrupt would be lost.
     pieces = []
+    reply_with_ctrl_c(greedy_session, pieces, 5, RaisesSigintWhenCollected)
+    stats = greedy_session.generator.stats
+    assert stats.stop == "interrupted" and len(pieces) == 5, (stats, pieces)
+    assert stats.new_tokens == len(greedy_session.generator.last_tokens) < 40
+    assert_partial_reply_kept(greedy_session, pieces)
 
-    def write(piece):
-        pieces.append(piece)
-        if len(pieces) == 3:
-            signal.raise_signal(signal.SIGINT)  # asks the reply to end after this token
-            signal.raise_signal(signal.SIGINT)  # does not wait for it: KeyboardInterrupt here
 
-    with pytest.raises(KeyboardInterrupt), ctrl_c_ends_reply() as interrupted:
-        session.reply("Tell me about the history of England.", write, interrupted=interrupted)
-    assert session.generator.stats.stop == "interrupted" and len(pieces) == 3
-    assert session.messages[-1] == {"role": "assistant", "content": "".join(pieces)}
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+@pytest.mark.slow
+def test_a_second_ctrl_c_raises_at_once(greedy_session):
+    def twice():
+        signal.raise_signal(signal.SIGINT)  # asks the reply to end after this token
+        signal.raise_signal(signal.SIGINT)  # does not wait for it: KeyboardInterrupt here
+
+    pieces = []
+    with pytest.raises(KeyboardInterrupt):
+        reply_with_ctrl_c(greedy_session, pieces, 3, twice)
+    assert greedy_session.generator.stats.stop == "interrupted" and len(pieces) == 3
+    assert_partial_reply_kept(greedy_session, pieces)
 
 
 @pytest.mark.slow

@@ -359,8 +359,19 @@ def test_a_sampling_value_that_is_not_finite_is_one_line(option, value, cli, mod
 
 
 # --- GGUF headers ----------------------------------------------------------------------------------
-def absurd_gguf(path: Path) -> Path:
+def finish_gguf(writer, path: Path) -> Path:
+    """Give the writer's file one 16 x 64 token_embd.weight of zeros and write it out."""
     import numpy as np
+
+    writer.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def absurd_gguf(path: Path) -> Path:
     from gguf import GGUFWriter
 
     writer = GGUFWriter(str(path), "llama")
@@ -368,12 +379,7 @@ def absurd_gguf(path: Path) -> Path:
     writer.add_context_length(2048)
     writer.add_embedding_length(64)
     writer.add_head_count(4)
-    writer.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish_gguf(writer, path)
 
 
 @pytest.mark.parametrize("verb", ["chat", "eval-ppl"])
@@ -386,7 +392,6 @@ def test_a_gguf_with_an_absurd_block_count_is_refused_before_llama_cpp(verb, cli
 
 def gguf_missing_tensors(path: Path) -> Path:
     """Plausible llama metadata, a vocabulary, and no layer tensors: llama.cpp itself refuses it."""
-    import numpy as np
     from gguf import GGUFWriter
 
     writer = GGUFWriter(str(path), "llama")
@@ -397,12 +402,7 @@ def gguf_missing_tensors(path: Path) -> Path:
                           ("add_token_types", [1] * 16), ("add_token_merges", ["a b"])):
         getattr(writer, method)(value)
     writer.add_tokenizer_pre("gpt-2")
-    writer.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish_gguf(writer, path)
 
 
 def test_llama_cpp_load_errors_reach_the_user_as_one_line(cli, tmp_path):
