@@ -154,7 +154,6 @@ class HFModel(LoadedModel):
         return values, "generation_config.json", eos if isinstance(eos, list) else [] if eos is None else [eos]
 
     def template_info(self) -> tuple[str | None, str, str, str]:
-        from converters.checkpoint import read_json
         from converters.tokenizer import chat_template
 
         tok = self.tokenizer
