@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .tensors import OutTensor
-from .safetensors_out import write_sharded
+from .safetensors_out import write_state
 from .tiny import minicpm_forward, read_text
 
 TEMPLATE_FILE = Path(__file__).parent / "templates" / "minicpm5-chat_template.jinja"
@@ -202,6 +201,5 @@ def make_tiny_minicpm5(out: Path | str, text: Path | str | None = None, chats: P
         weights = train_compact(weights, CONFIG, torch.tensor([compact[i] for i in ids]),
                                 VOCAB_SIZE - len(real_ids), train_steps, g, log=log)
     full = expand(weights, real_ids, g)
-    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), torch.float32) for n, t in full.items()]
-    write_sharded(out, tensors, torch.bfloat16, 1 << 40)
+    write_state(out, full)
     return out
