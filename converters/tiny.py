@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .safetensors_out import write_sharded
-from .tensors import OutTensor
+from .safetensors_out import write_state
 
 FAMILIES = ("dense-gqa-tied", "dense-mha-untied", "minicpm4", "moe", "minicpm3")
 MINICPM_AUTO_MAP = {"AutoConfig": "configuration_minicpm.MiniCPMConfig",
@@ -288,10 +287,9 @@ def make_tiny(out: Path | str, family: str = "dense-gqa-tied", tokenizer: Path |
     gen = {"bos_token_id": 1, "eos_token_id": config["eos_token_id"], "do_sample": True,
            "temperature": 0.8, "top_p": 0.8}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), torch.float32) for n, t in weights.items()]
     if weights_format == "bin":
         torch.save({n: t.to(torch.bfloat16) for n, t in weights.items()}, out / "pytorch_model.bin")
     else:
         total = sum(t.numel() * 2 for t in weights.values())
-        write_sharded(out, tensors, torch.bfloat16, max(1, math.ceil(total / shards)) + 1)
+        write_state(out, weights, max(1, math.ceil(total / shards)) + 1)
     return out

@@ -28,8 +28,7 @@ import torch
 
 from .checkpoint import TOKENIZER_FILES
 from .families import family_of
-from .safetensors_out import write_sharded
-from .tensors import OutTensor
+from .safetensors_out import write_state
 from .tiny import random_weights
 
 VISION_KEYS = ("vision_config", "slice_config", "slice_mode", "image_size", "patch_size", "query_num",
@@ -129,7 +128,6 @@ def make_tiny_like(out: Path | str, like: Path | str, config: Path | str | None 
     (out / "config.json").write_text(json.dumps(tiny, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     weights = random_weights(weight_shapes(tiny), torch.Generator().manual_seed(seed),
                              float(tiny.get("scale_emb") or 1))  # Llama-style configs: no muP, x 1
-    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), torch.float32) for n, t in weights.items()]
     total = sum(t.numel() * 2 for t in weights.values())
-    write_sharded(out, tensors, torch.bfloat16, total // 2 + 1)  # two shards and an index, as published
+    write_state(out, weights, total // 2 + 1)  # two shards and an index, as published
     return out

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .tensors import OutTensor
-from .safetensors_out import write_sharded
+from .safetensors_out import write_state
 from .tiny import fit, minicpm_forward, random_weights, read_text
 
 TEMPLATE_FILE = Path(__file__).parent / "templates" / "minicpm5-chat_template.jinja"
@@ -191,6 +190,5 @@ def make_tiny_minicpm5(out: Path | str, text: Path | str | None = None, chats: P
         weights = train_compact(weights, CONFIG, torch.tensor([compact[i] for i in ids]),
                                 VOCAB_SIZE - len(real_ids), train_steps, g, log=log)
     full = expand(weights, real_ids, g)
-    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), torch.float32) for n, t in full.items()]
-    write_sharded(out, tensors, torch.bfloat16, 1 << 40)
+    write_state(out, full)
     return out

@@ -169,9 +169,9 @@ class HFModel(LoadedModel):
         return generator.hf_tokens(prompt_ids, sampling)  # the KV cache lives with the generator
 
     def weights_format(self, dtype: torch.dtype) -> str:
-        from converters.tensors import SHORT_NAMES
+        from converters.tensors import DType
 
-        return str(self.quantization) if self.quantization else SHORT_NAMES[dtype]
+        return str(self.quantization) if self.quantization else DType.of(dtype).short
 
     def peak_memory(self, mem) -> tuple[int, str]:
         if self.device == "cuda":
