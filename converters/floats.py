@@ -34,7 +34,9 @@ def finite(block, dtype: DType) -> bool:
 def decode(block, dtype: DType) -> np.ndarray:
     """The raw bytes of a float16/bfloat16/float32 tensor as a new float32 array."""
     if dtype == BF16:
-        return (np.frombuffer(block, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        bits = np.frombuffer(block, np.uint16).astype(np.uint32)
+        bits <<= 16  # in place: every temporary of a 16 MB block is 32 MB of fresh memory
+        return bits.view(np.float32)
     if dtype == F16:
         return np.frombuffer(block, np.float16).astype(np.float32)
     return np.frombuffer(block, np.float32).copy()
@@ -44,8 +46,12 @@ def encode(values: np.ndarray, dtype: DType) -> memoryview:
     """A float32 array's bytes as `dtype`, rounded to nearest even (`values` may be overwritten)."""
     if dtype == BF16:
         bits = values.view(np.uint32)
-        bits += ((bits >> 16) & 1) + np.uint32(0x7FFF)
-        return memoryview((bits >> 16).astype(np.uint16)).cast("B")
+        bias = bits >> 16
+        bias &= 1
+        bias += np.uint32(0x7FFF)
+        bits += bias
+        bits >>= 16
+        return memoryview(bits.astype(np.uint16)).cast("B")
     if dtype == F16:
         with np.errstate(over="ignore"):  # overflow is infinity, as in torch
             return memoryview(values.astype(np.float16)).cast("B")

@@ -55,6 +55,10 @@ def llama_cpp_converter(where: Path) -> Path:
 def run(cmd: list[str], code: Path | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one command in its own process (our code from `code`)."""
     env = dict(os.environ, PYTHONPATH=str(code or ROOT))
+    # Every command starts with no dirty pages: otherwise the kernel throttles a writer to the disk's
+    # speed once the page cache holds what earlier rows wrote (seen: cp -r 0.75 s in one repeat and
+    # 8.2 s in the next, 110 MB/s, at dirty_ratio 20 on this 24 GB machine).
+    os.sync()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
