@@ -73,7 +73,7 @@ class SourceRows:
             yield self._scale(block)
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.factor == 1.0 else x.to(torch.float32) * self.factor
+        return x if self.factor == 1.0 else x.float() * self.factor
 
 
 def folded_rows(t) -> Make:
