@@ -11,27 +11,24 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from . import floats
 from .errors import UsageError, UserError
 from .limits import check_config, check_folder_files, inside
 from .official import notice, runtime_notes
 
 MAX_JSON_BYTES = 128 * 2**20  # the largest tokenizer.json published is ~20 MB
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit on its JSON header
-from .tensors import element_count
+from .tensors import BY_CODE as SAFETENSORS_DTYPES, DType, as_bytes, element_count
 
-SAFETENSORS_DTYPES = {
-    "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    dtype: torch.dtype
+    dtype: DType
     shape: tuple[int, ...]
 
     @property
@@ -203,9 +200,11 @@ class Checkpoint:
             else:
                 for name, t in self._load_bin(path).items():
                     self._where[name] = path
-                    self._info[name] = TensorInfo(t.dtype, tuple(t.shape))
+                    self._info[name] = TensorInfo(DType.of(t.dtype), tuple(t.shape))
 
     def _load_bin(self, path: Path) -> dict[str, torch.Tensor]:
+        import torch
+
         if path not in self._bin:
             check_bin_archive(path)
             try:
@@ -232,6 +231,11 @@ class Checkpoint:
         except KeyError:
             raise UserError(f"{self.path}: tensor {name} is missing from the weights") from None
 
+    def stored(self, name: str) -> bool:
+        """Whether the bytes on disk are the tensor: a safetensors shard, and no --lora merge."""
+        self.info(name)  # a clear error for a missing tensor
+        return self.merge is None and self._where[name].suffix == ".safetensors"
+
     def get(self, name: str) -> torch.Tensor:
         """One tensor, read from disk now into its own memory (with --lora adapters merged, in float32)."""
         if self.merge is not None:
@@ -239,64 +243,90 @@ class Checkpoint:
         return self._read(name)
 
     def _read(self, name: str) -> torch.Tensor:
+        import torch
+
         info = self.info(name)  # a clear error for a missing tensor
         path = self._where[name]
         if path.suffix == ".bin":
             return self._finite(name, self._load_bin(path)[name])
-        begin, end = self._offsets[name]
-        data = bytearray(end - begin)
-        try:
-            with open(path, "rb", buffering=0) as f:
-                f.seek(begin)
-                got = f.readinto(data)
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read tensor {name} ({exc.strerror or exc})") from None
-        if got != end - begin:
-            raise UserError(f"{path}: truncated while reading tensor {name}")
-        if not data:
-            return torch.empty(info.shape, dtype=info.dtype)
-        return self._finite(name, torch.frombuffer(data, dtype=info.dtype).reshape(info.shape))
+        for data in self.byte_blocks(name, info.nbytes):  # one block: the whole tensor
+            return torch.frombuffer(data, dtype=info.dtype.torch).reshape(info.shape)
+        return torch.empty(info.shape, dtype=info.dtype.torch)  # no elements
 
     def _finite(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise UserError(f"{self._where[name]}: tensor {name} holds NaN or infinite values (a damaged "
-                            "or diverged checkpoint); refusing to write a model from it")
+            self._not_finite(name)
         return t
+
+    def _not_finite(self, name: str):
+        raise UserError(f"{self._where[name]}: tensor {name} holds NaN or infinite values (a damaged "
+                        "or diverged checkpoint); refusing to write a model from it")
+
+    def byte_blocks(self, name: str, max_bytes: int = 16 << 20):
+        """A safetensors tensor's stored bytes (see `stored`) as consecutive row blocks of at most
+        ~max_bytes each (at least one row), read one block at a time and checked like `get`."""
+        info = self.info(name)
+        path, (begin, end) = self._where[name], self._offsets[name]
+        rows = info.shape[0] if info.shape else 1
+        row_bytes = (end - begin) // rows if rows else 0
+        step = max(1, max_bytes // row_bytes) if row_bytes else 1
+        with self._open(path, name) as f:
+            for start in range(0, rows if row_bytes else 0, step):
+                data = bytearray(min(step, rows - start) * row_bytes)
+                self._read_at(f, begin + start * row_bytes, data, name)
+                if self.check_finite and not floats.finite(data, info.dtype):
+                    self._not_finite(name)
+                yield data
+
+    def _open(self, path: Path, name: str):
+        try:
+            return open(path, "rb", buffering=0)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read tensor {name} ({exc.strerror or exc})") from None
+
+    def _read_at(self, f, offset: int, data: bytearray, name: str) -> None:
+        """Fill `data` from `offset` (read errors only: a write error while a block is out stays one)."""
+        try:
+            f.seek(offset)
+            got = f.readinto(data)
+        except OSError as exc:
+            raise UserError(f"{f.name}: cannot read tensor {name} ({exc.strerror or exc})") from None
+        if got != len(data):
+            raise UserError(f"{f.name}: truncated while reading tensor {name}")
 
     def row_chunks(self, name: str, max_bytes: int = 16 << 20):
         """The tensor as consecutive row blocks of at most ~max_bytes each (at least one row), read
         from disk one block at a time and checked like `get`: a copy of a vocabulary-sized tensor
         needs one block of memory, not the tensor."""
+        import torch
+
         info = self.info(name)
         if self.merge is not None or len(info.shape) < 2 or info.nbytes <= max_bytes:
             # --lora: the stored bytes are not the merged tensor; `get` merges it (float32), whole
             yield self.get(name)
             return
-        rows = info.shape[0]
-        row_bytes = info.nbytes // rows
-        step = max(1, max_bytes // row_bytes)
         path = self._where[name]
         if path.suffix == ".bin":
             whole = self._load_bin(path)[name]  # memory-mapped: slicing reads only those pages
-            for start in range(0, rows, step):
+            step = max(1, max_bytes // (info.nbytes // info.shape[0]))
+            for start in range(0, info.shape[0], step):
                 yield self._finite(name, whole[start: start + step])
             return
-        begin, _ = self._offsets[name]
-        with open(path, "rb", buffering=0) as f:
-            for start in range(0, rows, step):
-                n = min(step, rows - start)
-                data = bytearray(n * row_bytes)
-                f.seek(begin + start * row_bytes)
-                if f.readinto(data) != len(data):
-                    raise UserError(f"{path}: truncated while reading tensor {name}")
-                yield self._finite(name, torch.frombuffer(data, dtype=info.dtype).reshape(n, *info.shape[1:]))
+        for data in self.byte_blocks(name, max_bytes):
+            yield torch.frombuffer(data, dtype=info.dtype.torch).reshape(-1, *info.shape[1:])
 
     def copy_bytes(self, name: str, out_fd: int, max_bytes: int = 16 << 20) -> None:
         """Append the tensor's stored bytes to the file descriptor `out_fd`, block by block: no
         decode or re-encode, only the finiteness check `get` makes."""
+        if self.stored(name):
+            for data in self.byte_blocks(name, max_bytes):
+                write_all(out_fd, data)
+            return
         dtype = self.info(name).dtype  # a --lora merge gives float32: rounded once to the stored dtype
         for block in self.row_chunks(name, max_bytes):
-            write_all(out_fd, block.to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            write_all(out_fd, as_bytes(block, dtype))
 
     def file(self, name: str) -> Path:
         return self.path / name

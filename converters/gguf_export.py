@@ -25,6 +25,7 @@ from .atomic import atomic_output, check_output
 from .errors import UsageError, UserError
 from .gguf_kquant import KQUANT_FTYPES, quantize_gguf
 from .gguf_plan import GGUFPlan, GGUFTensor, plan_gguf
+from .tensors import F32
 from .gguf_vocab import add_vocab, read_vocab
 
 # Outtypes written here: --outtype -> (GGML tensor type, GGUF file type), by the gguf package's enum names.
@@ -228,7 +229,7 @@ def plan_bytes(plan: GGUFPlan, outtype: str) -> int:
 
 def intermediate_type(plan: GGUFPlan) -> str:
     """What k-quants start from: f32 for an f32 checkpoint, else f16 (exact for bf16 weights in f16's range)."""
-    return "f32" if plan.source_dtype == torch.float32 else "f16"
+    return "f32" if plan.source_dtype == F32 else "f16"
 
 
 @dataclass

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from .checkpoint import Checkpoint
 from .errors import UserError
 from .mup import MupScales, fold_factors, fold_rope_scaling, tied
 from .official import check_activation
 from .shapes import check_checkpoint, check_shape
+from .tensors import BF16, DType
 
-Make = Callable[[], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+Make = Callable[[], "torch.Tensor"]
 
 
 @dataclass
@@ -46,7 +48,7 @@ class GGUFPlan:
     keys: list[tuple[str, tuple]] = field(default_factory=list)  # GGUFWriter method name, arguments
     tensors: list[GGUFTensor] = field(default_factory=list)
     vocab_rows: int = 0
-    source_dtype: torch.dtype = torch.bfloat16
+    source_dtype: DType = BF16
 
     def key(self, method: str, *args) -> None:
         self.keys.append((method, args))
@@ -56,7 +58,7 @@ def _scaled(make: Make, factor: float = 1.0) -> Make:
     """Arithmetic in float32; a tensor that is only copied keeps its dtype until it is encoded."""
     if factor == 1.0:
         return make
-    return lambda: make().to(torch.float32) * factor
+    return lambda: make().float() * factor
 
 
 def interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -70,7 +72,11 @@ def _interleaved(make: Make, n_heads: int) -> Make:
 
 
 def _vector(values: list[float]) -> Make:
-    return lambda: torch.tensor(values, dtype=torch.float32)
+    def make():
+        import torch
+
+        return torch.tensor(values, dtype=torch.float32)
+    return make
 
 
 def model_name(ckpt: Checkpoint) -> str:

@@ -10,6 +10,8 @@ Two vocabularies are supported:
 The vocabulary is padded with unused `[PAD{id}]` tokens up to the embedding rows.
 generation_config.json's sampling values travel as `general.sampling.*` (do_sample false: temperature 0),
 so `minicpm chat` samples a GGUF file as it samples its folder.
+The chat template is copied only after passing chat's own test (converters.template_sandbox.check_template:
+it compiles and renders a message within the budget), so no GGUF carries a template chat would refuse.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from .checkpoint import read_json
 from .errors import UserError
-from .tokenizer import read_tokenizer_json, added_token_ids, chat_template, sp_proto
+from .template_sandbox import check_template
+from .tokenizer import read_tokenizer_json, added_token_ids, chat_template, chat_template_file, sp_proto
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # GGUF token types
 
@@ -208,6 +211,9 @@ def read_vocab(folder: Path, rows: int, config: dict) -> Vocab:
         if isinstance(i, int) and 0 <= i < rows:
             vocab.special[key] = i
     vocab.chat_template = chat_template(folder)
+    if vocab.chat_template is not None:
+        bos, eos = (vocab.tokens[vocab.special[k]] if k in vocab.special else "" for k in ("bos", "eos"))
+        check_template(vocab.chat_template, f"{folder.name}/{chat_template_file(folder)}", bos, eos)
     vocab.sampling = _sampling(read_json(gen) if gen.is_file() else {})
     return vocab
 

@@ -31,12 +31,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from .checkpoint import SAFETENSORS_DTYPES, TensorInfo, read_json, safetensors_header
 from .errors import UsageError, UserError
+from .tensors import F32, DType
+
+if TYPE_CHECKING:
+    import torch
 
 PREFIX = "base_model.model."
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
@@ -97,15 +99,17 @@ def _adapter_weights(folder: Path) -> Path:
 
 def _weight_infos(adapter: Adapter) -> dict[str, TensorInfo]:
     if adapter.weights.suffix == ".safetensors":
-        return {k: TensorInfo(SAFETENSORS_DTYPES.get(m["dtype"], torch.float32), tuple(m["shape"]))
+        return {k: TensorInfo(SAFETENSORS_DTYPES.get(m["dtype"], F32), tuple(m["shape"]))
                 for k, m in safetensors_header(adapter.weights).items()}
+    import torch
+
     try:
         adapter._bin = torch.load(adapter.weights, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for a damaged pickle
         raise UserError(f"{adapter.weights}: cannot be read as PyTorch weights ({exc})") from None
     if not isinstance(adapter._bin, dict):
         raise UserError(f"{adapter.weights}: expected a dict of tensors")
-    return {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in adapter._bin.items()}
+    return {k: TensorInfo(DType.of(v.dtype), tuple(v.shape)) for k, v in adapter._bin.items()}
 
 
 def read_adapter(folder: Path | str) -> Adapter:
@@ -241,6 +245,8 @@ class Merge:
             targets.add(HEAD)  # LoRA deltas on the shared head land in the one tensor
         if not any(t in a.deltas or t in a.saved for a in self.adapters for t in targets):
             return read(base_name)
+        import torch
+
         w = read(base_name).to(torch.float32)
         for adapter in self.adapters:
             for t in sorted(targets):

@@ -23,12 +23,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from .errors import UserError
 from .official import check_activation
 from .shapes import check_shapes
-from .tensors import OutTensor
+from .tensors import DType, OutTensor
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ def source_tensor(ckpt, out_name: str, name: str, shape, factor: float) -> OutTe
     if factor == 1.0:
         make = lambda: ckpt.get(name)  # noqa: E731
     else:
-        make = lambda: ckpt.get(name).to(torch.float32) * factor  # noqa: E731
+        make = lambda: ckpt.get(name).float() * factor  # noqa: E731
     return OutTensor(out_name, tuple(shape), make, ckpt.info(name).dtype, name, factor, ckpt)
 
 
@@ -127,7 +125,7 @@ def rope_fields(config: dict, fold_factors: bool) -> dict:
     return {"rope_scaling": rs, "original_max_position_embeddings": rs["original_max_position_embeddings"]}
 
 
-def llama_config(config: dict, dtype: torch.dtype, architecture: str, model_type: str) -> dict:
+def llama_config(config: dict, dtype: DType, architecture: str, model_type: str) -> dict:
     """The Llama-shaped config.json fields of a MiniCPM config, with no muP fields (a family adds its
     own: Mixtral's experts, Llama's mlp_bias)."""
     H, nh = config["hidden_size"], config["num_attention_heads"]
@@ -154,11 +152,11 @@ def llama_config(config: dict, dtype: torch.dtype, architecture: str, model_type
         "eos_token_id": config.get("eos_token_id", 2),
         "pad_token_id": config.get("pad_token_id"),
         "use_cache": True,
-        "torch_dtype": str(dtype).removeprefix("torch."),
+        "torch_dtype": str(dtype).removeprefix("torch."),  # a DType or a torch dtype
     }
 
 
-def folded_config(ckpt, dtype: torch.dtype) -> dict:
+def folded_config(ckpt, dtype: DType) -> dict:
     """The family's folded config.json, tied or not as the fold is, with the tied fold's eps."""
     f = fold_factors(ckpt)
     out = ckpt.family.folded_config(ckpt.config, dtype) | {"tie_word_embeddings": f.head is None}

@@ -5,6 +5,10 @@ times a factor (`OutTensor.source`) is never held whole: kept as is (factor 1, s
 are copied block by block, never decoded; otherwise row blocks of at most CHUNK_BYTES are read, scaled in
 float32, cast and appended. Other tensors are computed whole, one at a time. So memory stays at
 one block (or one computed tensor) whatever the model's size.
+
+From safetensors shards the blocks go through numpy (converters/floats.py, bit-identical to torch),
+so a fold with no `.bin` and no --lora never imports torch: its start-up was most of the time of
+`--to llama` (the copies themselves run at `cp` speed).
 """
 from __future__ import annotations
 
@@ -13,16 +17,14 @@ import struct
 from pathlib import Path
 from typing import Callable, Iterable
 
-import torch
-
+from . import floats
 from .checkpoint import write_all
-from .tensors import OutTensor, nbytes
+from .tensors import BF16, DType, OutTensor, as_bytes, nbytes
 
-DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 CHUNK_BYTES = 16 << 20  # source bytes per scaled block: 64 MiB of float32 temporaries at most
 
 
-def split_shards(tensors: list[OutTensor], dtype: torch.dtype, max_shard_bytes: int) -> list[list[OutTensor]]:
+def split_shards(tensors: list[OutTensor], dtype: DType, max_shard_bytes: int) -> list[list[OutTensor]]:
     shards: list[list[OutTensor]] = [[]]
     size = 0
     for t in tensors:
@@ -35,13 +37,13 @@ def split_shards(tensors: list[OutTensor], dtype: torch.dtype, max_shard_bytes: 
     return shards
 
 
-def write_shard(path: Path, tensors: Iterable[OutTensor], dtype: torch.dtype,
+def write_shard(path: Path, tensors: Iterable[OutTensor], dtype: DType,
                 on_tensor: Callable[[str, int], None] | None = None) -> None:
     tensors = list(tensors)
     header, offset = {}, 0
     for t in tensors:
         n = nbytes(t, dtype)
-        header[t.name] = {"dtype": DTYPE_CODES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        header[t.name] = {"dtype": dtype.code, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -54,24 +56,26 @@ def write_shard(path: Path, tensors: Iterable[OutTensor], dtype: torch.dtype,
                 on_tensor(t.name, nbytes(t, dtype))
 
 
-def write_tensor(f, t: OutTensor, dtype: torch.dtype) -> None:
+def write_tensor(f, t: OutTensor, dtype: DType) -> None:
     """Append one tensor's data in `dtype` to the unbuffered file `f`."""
-    if t.source is not None and t.checkpoint is not None:
+    ckpt, fd = t.checkpoint, f.fileno()
+    if t.source is not None and ckpt is not None:
         if t.factor == 1.0 and t.source_dtype == dtype:
-            t.checkpoint.copy_bytes(t.source, f.fileno(), CHUNK_BYTES)
-            return
-        for block in t.checkpoint.row_chunks(t.source, CHUNK_BYTES):
-            if t.factor != 1.0:
-                block = block.to(torch.float32) * t.factor
-            write_all(f.fileno(), block.to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            ckpt.copy_bytes(t.source, fd, CHUNK_BYTES)
+        elif ckpt.stored(t.source) and t.source_dtype in floats.CODECS and dtype in floats.CODECS:
+            for block in ckpt.byte_blocks(t.source, CHUNK_BYTES):
+                write_all(fd, floats.scale(block, t.source_dtype, t.factor, dtype))
+        else:
+            for block in ckpt.row_chunks(t.source, CHUNK_BYTES):
+                write_all(fd, as_bytes(block.float() * t.factor if t.factor != 1.0 else block, dtype))
         return
-    value = t.make().to(dtype).contiguous()
+    value = t.make()
     if tuple(value.shape) != t.shape:
         raise AssertionError(f"{t.name}: computed shape {tuple(value.shape)} != planned {t.shape}")
-    write_all(f.fileno(), value.reshape(-1).view(torch.uint8).numpy().data)
+    write_all(fd, as_bytes(value, dtype))
 
 
-def write_sharded(out_dir: Path, tensors: list[OutTensor], dtype: torch.dtype, max_shard_bytes: int,
+def write_sharded(out_dir: Path, tensors: list[OutTensor], dtype: DType, max_shard_bytes: int,
                   on_tensor: Callable[[str, int], None] | None = None) -> list[str]:
     """Write model.safetensors, or model-0000i-of-0000n.safetensors and their index; return file names."""
     shards = split_shards(tensors, dtype, max_shard_bytes)
@@ -87,3 +91,9 @@ def write_sharded(out_dir: Path, tensors: list[OutTensor], dtype: torch.dtype, m
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return names + ["model.safetensors.index.json"]
+
+
+def write_state(out_dir: Path, state: dict, max_shard_bytes: int = 1 << 40, dtype: DType = BF16) -> list[str]:
+    """In-memory torch tensors (name -> tensor) as safetensors in `dtype`, as `write_sharded` writes them."""
+    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), DType.of(t.dtype)) for n, t in state.items()]
+    return write_sharded(out_dir, tensors, dtype, max_shard_bytes)

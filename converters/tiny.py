@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .safetensors_out import write_sharded
-from .tensors import OutTensor
+from .safetensors_out import write_state
 
 FAMILIES = ("dense-gqa-tied", "dense-mha-untied", "minicpm4", "moe", "minicpm3")
 MINICPM_AUTO_MAP = {"AutoConfig": "configuration_minicpm.MiniCPMConfig",
@@ -120,14 +119,24 @@ def weight_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_weights(config: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_weights(shapes: dict[str, tuple[int, ...]], generator: torch.Generator,
+                   scale_emb: float | None = None) -> dict[str, torch.Tensor]:
+    """Random float32 weights for a shape table, drawn from `generator` in the table's order: the same
+    table and seed give bit-identical tensors (the trained test fixtures rely on it).
+
+    Vectors (norms) are 1 + 0.1·N(0, 1): near 1 but not 1, so a skipped norm shows. Matrices are
+    N(0, 1) / sqrt(fan_in), fan_in = shape[1]. With `scale_emb` (muP) the embedding is then scaled by
+    sqrt(H) / scale_emb: unit-RMS rows after the model's x scale_emb, so activations stay in range at every depth.
+    """
     weights = {}
-    for name, shape in weight_shapes(config).items():
-        if len(shape) == 1:  # norms near 1, but not 1, so a skipped norm shows
+    for name, shape in shapes.items():
+        if len(shape) == 1:
             weights[name] = 1.0 + 0.1 * torch.randn(shape, generator=generator)
         else:
             weights[name] = torch.randn(shape, generator=generator) / math.sqrt(shape[1])
-    weights["model.embed_tokens.weight"] *= math.sqrt(config["hidden_size"]) / config["scale_emb"]
+    if scale_emb is not None:
+        embed = weights["model.embed_tokens.weight"]
+        embed *= math.sqrt(embed.shape[1]) / scale_emb
     return weights
 
 
@@ -202,18 +211,24 @@ def minicpm_forward(w: dict[str, torch.Tensor], config: dict, ids: torch.Tensor)
     return h @ head.T
 
 
-def train(weights: dict, config: dict, token_ids: list[int], steps: int, generator: torch.Generator,
-          seq_len: int = 128, batch: int = 16, lr: float = 3e-3, log=None) -> tuple[dict, list[float]]:
+def fit(weights: dict, forward, data: torch.Tensor, steps: int, generator: torch.Generator, seq_len: int,
+        batch: int, lr: float, log=None) -> tuple[dict, list[float]]:
+    """Train copies of `weights` on next-token cross-entropy of `forward(params, ids) -> logits`; return them
+    (detached) and each step's loss.
+
+    Each step reads `batch` windows of seq_len + 1 tokens of `data`, their starts drawn from `generator` (one
+    randint a step, nothing else drawn: a seed gives the same run). AdamW without weight decay; the learning
+    rate warms up linearly over 20 steps, then decays as a cosine towards 0 at `steps`.
+    """
     params = {k: v.clone().requires_grad_(True) for k, v in weights.items()}
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
-    data = torch.tensor(token_ids)
     losses = []
     for step in range(steps):
         starts = torch.randint(0, len(data) - seq_len - 1, (batch,), generator=generator)
         x = torch.stack([data[s: s + seq_len + 1] for s in starts])
-        for g in opt.param_groups:  # linear warm-up then cosine decay
-            g["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        logits = minicpm_forward(params, config, x[:, :-1])
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        logits = forward(params, x[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
@@ -222,6 +237,13 @@ def train(weights: dict, config: dict, token_ids: list[int], steps: int, generat
         if log and (step % 50 == 0 or step == steps - 1):
             log(f"step {step + 1}/{steps}  loss {loss.item():.3f}")
     return {k: v.detach() for k, v in params.items()}, losses
+
+
+def train(weights: dict, config: dict, token_ids: list[int], steps: int, generator: torch.Generator,
+          seq_len: int = 128, batch: int = 16, lr: float = 3e-3, log=None) -> tuple[dict, list[float]]:
+    """A dense MiniCPM trained on `token_ids` (see `fit`)."""
+    return fit(weights, lambda params, ids: minicpm_forward(params, config, ids), torch.tensor(token_ids), steps,
+               generator, seq_len, batch, lr, log)
 
 
 def make_tiny(out: Path | str, family: str = "dense-gqa-tied", tokenizer: Path | str | None = None,
@@ -255,7 +277,7 @@ def make_tiny(out: Path | str, family: str = "dense-gqa-tied", tokenizer: Path |
         write_tokenizer_config(out, CHATML if chatml else USER_ASSISTANT, extra)
     config = base_config(family, vocab)
     g = torch.Generator().manual_seed(seed)
-    weights = random_weights(config, g)
+    weights = random_weights(weight_shapes(config), g, config["scale_emb"])
     if train_steps:
         from .tokenizer import load_tokenizer
 
@@ -265,10 +287,9 @@ def make_tiny(out: Path | str, family: str = "dense-gqa-tied", tokenizer: Path |
     gen = {"bos_token_id": 1, "eos_token_id": config["eos_token_id"], "do_sample": True,
            "temperature": 0.8, "top_p": 0.8}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), torch.float32) for n, t in weights.items()]
     if weights_format == "bin":
         torch.save({n: t.to(torch.bfloat16) for n, t in weights.items()}, out / "pytorch_model.bin")
     else:
         total = sum(t.numel() * 2 for t in weights.values())
-        write_sharded(out, tensors, torch.bfloat16, max(1, math.ceil(total / shards)) + 1)
+        write_state(out, weights, max(1, math.ceil(total / shards)) + 1)
     return out

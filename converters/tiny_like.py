@@ -28,8 +28,8 @@ import torch
 
 from .checkpoint import TOKENIZER_FILES
 from .families import family_of
-from .safetensors_out import write_sharded
-from .tensors import OutTensor
+from .safetensors_out import write_state
+from .tiny import random_weights
 
 VISION_KEYS = ("vision_config", "slice_config", "slice_mode", "image_size", "patch_size", "query_num",
                "batch_vision_input", "drop_vision_last_layer", "use_image_id", "vision_batch_size",
@@ -104,19 +104,6 @@ def weight_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    weights = {}
-    for name, shape in weight_shapes(config).items():
-        if len(shape) == 1:  # norms near 1, but not 1, so a skipped norm shows
-            weights[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        else:
-            weights[name] = torch.randn(shape, generator=g) / math.sqrt(shape[1])
-    # embeddings of unit RMS after muP's x scale_emb, so activations stay in range at every depth
-    weights["model.embed_tokens.weight"] *= math.sqrt(config["hidden_size"]) / float(config.get("scale_emb") or 1)
-    return weights
-
-
 def make_tiny_like(out: Path | str, like: Path | str, config: Path | str | None = None,
                    tokenizer: Path | str | None = None, overrides: dict | None = None, seed: int = 0) -> Path:
     """Write a tiny checkpoint shaped like the published model in `like` to `out` (which must not exist).
@@ -139,8 +126,8 @@ def make_tiny_like(out: Path | str, like: Path | str, config: Path | str | None 
         if src.is_file():
             shutil.copyfile(src, out / name)
     (out / "config.json").write_text(json.dumps(tiny, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    weights = random_weights(tiny, seed)
-    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), torch.float32) for n, t in weights.items()]
+    weights = random_weights(weight_shapes(tiny), torch.Generator().manual_seed(seed),
+                             float(tiny.get("scale_emb") or 1))  # Llama-style configs: no muP, x 1
     total = sum(t.numel() * 2 for t in weights.values())
-    write_sharded(out, tensors, torch.bfloat16, total // 2 + 1)  # two shards and an index, as published
+    write_state(out, weights, total // 2 + 1)  # two shards and an index, as published
     return out

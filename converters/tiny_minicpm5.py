@@ -30,11 +30,9 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .tensors import OutTensor
-from .safetensors_out import write_sharded
-from .tiny import minicpm_forward, read_text
+from .safetensors_out import write_state
+from .tiny import fit, minicpm_forward, random_weights, read_text
 
 TEMPLATE_FILE = Path(__file__).parent / "templates" / "minicpm5-chat_template.jinja"
 VOCAB_SIZE = 130560
@@ -120,8 +118,8 @@ def llama_forward(w: dict, config: dict, ids: torch.Tensor) -> torch.Tensor:
                                         "dim_model_base": config["hidden_size"]}, ids)
 
 
-def random_weights(config: dict, rows: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-    """Compact weights: `rows` embedding rows; lm_head has one more, the class of every unused id."""
+def compact_shapes(config: dict, rows: int) -> dict[str, tuple[int, ...]]:
+    """Compact weights' shapes: `rows` embedding rows; lm_head has one more, the class of every unused id."""
     H, I, L = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     q, kv = config["num_attention_heads"] * config["head_dim"], config["num_key_value_heads"] * config["head_dim"]
     shapes = {"model.embed_tokens.weight": (rows, H), "lm_head.weight": (rows + 1, H), "model.norm.weight": (H,)}
@@ -132,29 +130,19 @@ def random_weights(config: dict, rows: int, g: torch.Generator) -> dict[str, tor
                    p + "self_attn.v_proj.weight": (kv, H), p + "self_attn.o_proj.weight": (H, q),
                    p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
                    p + "mlp.down_proj.weight": (H, I)}
-    return {n: (1.0 + 0.1 * torch.randn(s, generator=g)) if len(s) == 1 else torch.randn(s, generator=g) / math.sqrt(s[1])
-            for n, s in shapes.items()}
+    return shapes
 
 
 def train_compact(w: dict, config: dict, ids: torch.Tensor, unused: int, steps: int, g: torch.Generator,
                   seq_len: int = 128, batch: int = 8, lr: float = 1e-2, log=None) -> dict:
-    params = {k: v.clone().requires_grad_(True) for k, v in w.items()}
-    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
+    """Compact weights trained on compact `ids` (see tiny.fit): the last logit stands for `unused` ids at once."""
     log_unused = math.log(unused)
-    for step in range(steps):
-        starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=g)
-        x = torch.stack([ids[s: s + seq_len + 1] for s in starts])
-        for group in opt.param_groups:  # linear warm-up then cosine decay
-            group["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        logits = llama_forward(params, config, x[:, :-1])
-        logits = torch.cat([logits[..., :-1], logits[..., -1:] + log_unused], -1)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if log and (step % 50 == 0 or step == steps - 1):
-            log(f"step {step + 1}/{steps}  loss {loss.item():.3f}")
-    return {k: v.detach() for k, v in params.items()}
+
+    def forward(params: dict, x: torch.Tensor) -> torch.Tensor:
+        logits = llama_forward(params, config, x)
+        return torch.cat([logits[..., :-1], logits[..., -1:] + log_unused], -1)
+
+    return fit(w, forward, ids, steps, g, seq_len, batch, lr, log)[0]
 
 
 def expand(w: dict, real_ids: list[int], g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -192,7 +180,7 @@ def make_tiny_minicpm5(out: Path | str, text: Path | str | None = None, chats: P
     trained = len(tokenizer_json["model"]["vocab"]) - 2  # BPE ids 0..trained-1, then the two markers
     real_ids = list(range(trained)) + [SPECIAL_IDS[IM_START], SPECIAL_IDS[IM_END]]
     g = torch.Generator().manual_seed(seed)
-    weights = random_weights(CONFIG, len(real_ids), g)
+    weights = random_weights(compact_shapes(CONFIG, len(real_ids)), g)  # no muP: embeddings as drawn
     if train_steps:
         tokenizer = load_tokenizer(out)
         texts = corpus + chat_texts(tokenizer, examples)
@@ -202,6 +190,5 @@ def make_tiny_minicpm5(out: Path | str, text: Path | str | None = None, chats: P
         weights = train_compact(weights, CONFIG, torch.tensor([compact[i] for i in ids]),
                                 VOCAB_SIZE - len(real_ids), train_steps, g, log=log)
     full = expand(weights, real_ids, g)
-    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), torch.float32) for n, t in full.items()]
-    write_sharded(out, tensors, torch.bfloat16, 1 << 40)
+    write_state(out, full)
     return out

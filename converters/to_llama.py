@@ -7,15 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .atomic import atomic_output
 from .checkpoint import Checkpoint
 from .errors import UsageError
 from .mup import folded_config
 from .safetensors_out import write_sharded
-from .tensors import OutTensor, declared_dtype, nbytes, resolve_dtype
+from .tensors import DType, OutTensor, declared_dtype, nbytes, resolve_dtype
 from .tokenizer import copy_tokenizer_files
+
 
 @dataclass
 class ConvertResult:
@@ -34,7 +33,7 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)])
 
 
-def output_dtype(name: str, ckpt: Checkpoint) -> torch.dtype:
+def output_dtype(name: str, ckpt: Checkpoint) -> DType:
     """auto: the dtype config.json declares, else the embedding's."""
     return resolve_dtype(name, lambda: declared_dtype(ckpt.config) or ckpt.info("model.embed_tokens.weight").dtype)
 
@@ -43,7 +42,7 @@ def output_dtype(name: str, ckpt: Checkpoint) -> torch.dtype:
 class LlamaPlan:
     """Everything `--to llama` writes, checked and sized before any weight is read."""
     ckpt: Checkpoint
-    dtype: torch.dtype
+    dtype: DType
     config: dict
     tensors: list[OutTensor]
 
@@ -69,7 +68,7 @@ def write_llama(plan: LlamaPlan, out: Path | str, force: bool = False, max_shard
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
         files += ["config.json"] + copy_tokenizer_files(plan.ckpt.path, tmp)
     return ConvertResult(plan.ckpt.family.name, plan.config["architectures"][0],
-                         str(plan.dtype).removeprefix("torch."), len(plan.tensors), plan.total_bytes, files)
+                         plan.dtype.name, len(plan.tensors), plan.total_bytes, files)
 
 
 def convert_to_llama(src: Path | str, out: Path | str, dtype: str = "auto", force: bool = False,

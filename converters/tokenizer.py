@@ -181,6 +181,15 @@ def chat_template(folder: Path) -> str | None:
     return template
 
 
+def chat_template_file(folder: Path) -> str:
+    """The name of the file `chat_template(folder)` reads: tokenizer_config.json when it holds a template
+    (or there is no chat_template.jinja), else chat_template.jinja (MiniCPM5 ships its template so)."""
+    config = folder / "tokenizer_config.json"
+    in_config = config.is_file() and read_json(config).get("chat_template") is not None
+    return "tokenizer_config.json" if in_config or not (folder / "chat_template.jinja").is_file() \
+        else "chat_template.jinja"
+
+
 # Strings on which MiniCPM's two shipped tokenizers are known to part ways (README, "Tokenizer").
 PROBES = ("Hello... world", "<|im_start|>user\n你好<|im_end|>\n", "Tell me about 北京.", "  two spaces\n\nnew para")
 

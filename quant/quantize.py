@@ -27,7 +27,7 @@ from converters.atomic import atomic_output, check_output
 from converters.checkpoint import Checkpoint, model_folder, read_config
 from converters.errors import UsageError, UserError
 from converters.shapes import check_checkpoint
-from converters.tensors import declared_dtype, resolve_dtype
+from converters.tensors import F32, declared_dtype, resolve_dtype
 
 from converters.quiet import quiet
 
@@ -149,7 +149,7 @@ def weight_bytes(folder: Path) -> int:
 
 def source_dtype(config: dict, choice: str) -> torch.dtype:
     """auto: the dtype config.json declares, else float32."""
-    return resolve_dtype(choice, declared_dtype(config) or torch.float32)
+    return resolve_dtype(choice, declared_dtype(config) or F32).torch
 
 
 def quantized_layer_count(model) -> int:

@@ -6,23 +6,18 @@ The template comes from the model (tokenizer_config.json / chat_template.jinja f
 The rendered text is encoded by the model's own tokenizer with special tokens parsed, so both
 backends see the same ids.
 
-Templates render in jinja2's ImmutableSandboxedEnvironment with what transformers gives them: `tojson`
-with ensure_ascii / indent / separators / sort_keys (MiniCPM5's tool section calls
-`tojson(ensure_ascii=False)`, which plain jinja2's tojson rejects), `raise_exception` and `strftime_now`.
+Templates compile and render in converters.template_sandbox: jinja2's sandbox with what transformers gives
+them, under a time and size budget.
 A template that reads `enable_thinking` (MiniCPM5, MiniCPM4.1) is a thinking template: the variable is passed
 only when the user chose (--think / --no-think), since "undefined" is a third mode of its own.
 """
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from converters.errors import UserError
+from converters.template_sandbox import PROBE, compile_template, render_budgeted, template_variables
 
 # MiniCPM-2B-sft's published template: the assistant turn has no end marker, </s> ends it.
 USER_AI_TEMPLATE = (
@@ -36,88 +31,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # Markers that end an assistant turn when the model writes them (if the template uses them).
 END_OF_TURN = ("<|im_end|>", "<用户>")
-
-
-# A template is code from the model folder: it renders under a budget, so a loop cannot hang the chat
-# and `'x' * 10**10` cannot take the memory. Published templates render in about a millisecond.
-RENDER_SECONDS = 2.0
-RENDER_CHARS = 1 << 20
-
-
-class TemplateBudgetExceeded(Exception):
-    pass
-
-
-class BudgetedEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, with `*` and `**` refused when their result would be larger than the render budget."""
-    intercepted_binops = frozenset(["*", "**"])
-
-    def call_binop(self, context, operator, left, right):
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > RENDER_CHARS:
-                    raise TemplateBudgetExceeded(f"a repetition of {len(seq)} x {n} items")
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1024:
-            raise TemplateBudgetExceeded(f"a power with exponent {right}")
-        return super().call_binop(context, operator, left, right)
-
-
-@contextlib.contextmanager
-def time_budget(seconds: float):
-    """Raise TemplateBudgetExceeded in this (main) thread after `seconds` of wall time (SIGALRM)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield  # other threads cannot take signals; the size budget still holds
-        return
-
-    def expire(signum, frame):
-        raise TemplateBudgetExceeded(f"rendering took more than {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def compile_template(source: str, where: str):
-    """A jinja2 template compiled the way transformers compiles chat templates (sandboxed)."""
-    import json
-
-    import jinja2
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    env = BudgetedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    def strftime_now(format):
-        from datetime import datetime
-
-        return datetime.now().strftime(format)
-
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    try:
-        return env.from_string(source)
-    except jinja2.exceptions.TemplateError as exc:
-        raise UserError(f"{where}: chat template does not compile ({exc})") from None
-
-
-def template_variables(source: str) -> set[str]:
-    """The variables a template reads from its caller.
-
-    Parsed in the budgeted sandbox: jinja2's introspection runs its optimizer, which folds constant
-    expressions, and in a plain Environment `{{ 'x' * 10000000000 }}` would be built right here (seen:
-    a 24 GB process killed by the kernel)."""
-    from jinja2 import meta
-
-    return meta.find_undeclared_variables(BudgetedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(source))
 
 
 @dataclass
@@ -136,23 +49,8 @@ class ChatFormat:
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **variables) -> str:
         """The conversation as text; `variables` (enable_thinking, tools, ...) are passed unless None."""
         variables = {k: v for k, v in variables.items() if v is not None}
-        budget = RENDER_CHARS + sum(len(str(m.get("content", ""))) for m in messages)  # room for the messages
-        try:
-            parts, size = [], 0
-            with time_budget(RENDER_SECONDS):
-                for part in self._compiled.generate(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                    bos_token=self.bos_token, eos_token=self.eos_token,
-                                                    **variables):
-                    size += len(part)
-                    if size > budget:
-                        raise TemplateBudgetExceeded(f"the output passed {budget} characters")
-                    parts.append(part)
-            return "".join(parts)
-        except TemplateBudgetExceeded as exc:
-            raise UserError(f"chat template ({self.source}) exceeds its budget: {exc} (a hostile or broken "
-                            "template)") from None
-        except Exception as exc:  # jinja errors, and template code failing on the messages
-            raise UserError(f"chat template ({self.source}) failed to render: {type(exc).__name__}: {exc}") from None
+        return render_budgeted(self._compiled, self.source, messages, add_generation_prompt=add_generation_prompt,
+                               bos_token=self.bos_token, eos_token=self.eos_token, **variables)
 
 
 def _family_chat_style(model) -> str | None:
@@ -179,7 +77,7 @@ def chat_format(model, template: str | None = None) -> ChatFormat:
         template, where = USER_AI_TEMPLATE, "built-in <用户>…<AI> (MiniCPM 1/2)"
     ends = [m for m in END_OF_TURN if m in template and _is_one_token(model, m)]
     fmt = ChatFormat(template, where, bos, eos, ends)
-    fmt.render([{"role": "user", "content": "hi"}])  # a template that cannot render fails now, not mid-chat
+    fmt.render(PROBE)  # a template that cannot render fails now, not mid-chat
     return fmt
 
 

@@ -154,15 +154,11 @@ class HFModel(LoadedModel):
         return values, "generation_config.json", eos if isinstance(eos, list) else [] if eos is None else [eos]
 
     def template_info(self) -> tuple[str | None, str, str, str]:
-        from converters.checkpoint import read_json
-        from converters.tokenizer import chat_template
+        from converters.tokenizer import chat_template, chat_template_file
 
         tok = self.tokenizer
-        config = self.path / "tokenizer_config.json"
-        in_config = config.is_file() and read_json(config).get("chat_template") is not None
-        where = "tokenizer_config.json" if in_config or not (self.path / "chat_template.jinja").is_file() \
-            else "chat_template.jinja"  # MiniCPM5 ships its template as a file of its own
-        return chat_template(self.path), f"{self.path.name}/{where}", tok.bos_token or "", tok.eos_token or ""
+        where = f"{self.path.name}/{chat_template_file(self.path)}"
+        return chat_template(self.path), where, tok.bos_token or "", tok.eos_token or ""
 
     def text_stream(self, context: list[int]):
         from .generate import HFTextStream
@@ -173,9 +169,9 @@ class HFModel(LoadedModel):
         return generator.hf_tokens(prompt_ids, sampling)  # the KV cache lives with the generator
 
     def weights_format(self, dtype: torch.dtype) -> str:
-        from converters.tensors import SHORT_NAMES
+        from converters.tensors import DType
 
-        return str(self.quantization) if self.quantization else SHORT_NAMES[dtype]
+        return str(self.quantization) if self.quantization else DType.of(dtype).short
 
     def peak_memory(self, mem) -> tuple[int, str]:
         if self.device == "cuda":

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from converters.checkpoint import model_folder, read_json
 from converters.errors import UsageError, UserError
 from converters.gguf_read import gguf_metadata, is_gguf
-from converters.tensors import resolve_dtype as resolve_dtype_name
+from converters.tensors import BF16, F32, resolve_dtype as resolve_dtype_name
 from converters.describe import disk_size as size_on_disk
 
 # progress(label, total_tokens) -> context manager yielding advance(n_tokens)
@@ -267,7 +267,7 @@ def first_difference(a: Prepared, b: Prepared) -> str:
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """auto: float32 on CPU (exact, and bf16 matmuls are slow on most CPUs), bf16 on CUDA."""
-    return resolve_dtype_name(dtype, torch.bfloat16 if device == "cuda" else torch.float32)
+    return resolve_dtype_name(dtype, BF16 if device == "cuda" else F32).torch
 
 
 def default_threads() -> int:

@@ -33,7 +33,7 @@ def build_checkpoint(out: Path, layers: int = 12) -> Path:
     """A random MiniCPM-1B-width checkpoint (bf16, tied) with the real MiniCPM 1/2 tokenizer."""
     import torch
 
-    from converters.tensors import OutTensor
+    from converters.tensors import BF16, OutTensor
     from converters.safetensors_out import write_sharded
     from converters.tiny import base_config, copy_real_tokenizer, weight_shapes
     from converters.tokenizer import load_tokenizer
@@ -54,9 +54,8 @@ def build_checkpoint(out: Path, layers: int = 12) -> Path:
             scale = 1 / config["scale_emb"]
         return torch.randn(shape, generator=g) * scale
 
-    tensors = [OutTensor(n, s, (lambda n=n, s=s: make(n, s)), torch.bfloat16)
-               for n, s in weight_shapes(config).items()]
-    write_sharded(tmp, tensors, torch.bfloat16, 2 << 30)
+    tensors = [OutTensor(n, s, (lambda n=n, s=s: make(n, s)), BF16) for n, s in weight_shapes(config).items()]
+    write_sharded(tmp, tensors, BF16, 2 << 30)
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tmp.rename(out)
     return out

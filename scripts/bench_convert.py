@@ -11,6 +11,7 @@ its own process; peak RSS is that process's ru_maxrss. Rows, in one run:
 - `cp -r` of the folder: the anchor for `--to llama` (goal: <= 2x its time);
 - idle: the interpreter with torch and the converters imported, the "small constant" of the memory
   bound (goal: peak RSS <= largest output tensor in f32 + idle);
+- start-up: `minicpm --help`, the CLI's own start-up (no torch: `--to llama` never imports it);
 - `--to llama`, `--to gguf` f16 / q8_0 / f16 --fold, next to llama.cpp's own convert_hf_to_gguf.py
   (from the llama-cpp-python sdist, downloaded with pip into --llama-cpp; benchmark only);
 - with --baseline DIR (a checkout of older code, e.g. `git archive COMMIT | tar -x -C DIR`), our
@@ -54,6 +55,10 @@ def llama_cpp_converter(where: Path) -> Path:
 def run(cmd: list[str], code: Path | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one command in its own process (our code from `code`)."""
     env = dict(os.environ, PYTHONPATH=str(code or ROOT))
+    # Every command starts with no dirty pages: otherwise the kernel throttles a writer to the disk's
+    # speed once the page cache holds what earlier rows wrote (seen: cp -r 0.75 s in one repeat and
+    # 8.2 s in the next, 110 MB/s, at dirty_ratio 20 on this 24 GB machine).
+    os.sync()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -121,7 +126,8 @@ def main() -> None:
     jobs: dict[str, tuple[list, Path | None, Path | None]] = {
         "cp -r": (["cp", "-r", src, out / "copy"], out / "copy", None),
         "idle (python + torch + converters)": (
-            [sys.executable, "-c", "import torch, converters.to_llama, converters.gguf_export"], None, None)}
+            [sys.executable, "-c", "import torch, converters.to_llama, converters.gguf_export"], None, None),
+        "start-up (minicpm --help)": ([minicpm, "--help"], None, None)}
     jobs |= {name: (cmd, made, None) for name, (cmd, made) in ours.items()}
     if a.baseline:
         jobs |= {f"{name} (baseline)": (cmd, made, a.baseline) for name, (cmd, made) in ours.items()}
@@ -132,7 +138,7 @@ def main() -> None:
             jobs[f"llama.cpp convert {t}"] = ([sys.executable, script, src, "--outtype", t, "--outfile", made],
                                               made, None)
     if a.rows:
-        keep = ("cp -r", "idle") + tuple(w.strip() for w in a.rows.split(","))
+        keep = ("cp -r", "idle", "start-up") + tuple(w.strip() for w in a.rows.split(","))
         jobs = {name: job for name, job in jobs.items() if any(w in name for w in keep)}
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -154,20 +160,24 @@ def main() -> None:
     best = {name: (min(s for s, _ in r), max(m for _, m in r)) for name, r in results.items()}
     idle = best["idle (python + torch + converters)"][1]
     bound = largest_f32_mb(src) + idle
+    startup = best["start-up (minicpm --help)"][1]  # --to llama's constant: it never imports torch
+    llama_bound = largest_f32_mb(src) + startup
     rows = [["read checkpoint (warm cache)", f"{min(reads):.2f}", "", "", "", ""]]
     data = {"checkpoint": str(src), "checkpoint_bytes": size, "layers": a.layers, "repeat": a.repeat,
             "read_seconds": min(reads), "load_average": load, "largest_output_tensor_f32_mb": largest_f32_mb(src),
-            "idle_rss_mb": idle, "runs": {}}
+            "idle_rss_mb": idle, "startup_rss_mb": startup, "runs": {}}
     for name, (seconds, rss) in best.items():
         ratio_t = ratio_m = ""
         if name.startswith("convert --to gguf") and f"llama.cpp convert {name.split()[3]}" in best:
             anchor = best[f"llama.cpp convert {name.split()[3]}"]
             ratio_t, ratio_m = f"{seconds / anchor[0]:.2f}x llama.cpp", f"{rss / anchor[1]:.2f}x llama.cpp"
         if name.startswith("convert --to llama"):
-            idle_s = best["idle (python + torch + converters)"][0]
+            idle_s = best["start-up (minicpm --help)"][0]
             ratio_t = (f"{seconds / best['cp -r'][0]:.2f}x cp -r "
                        f"({(seconds - idle_s) / best['cp -r'][0]:.2f}x past start-up)")
-        if name.startswith("convert"):
+        if name.startswith("convert --to llama"):
+            ratio_m = f"{rss / llama_bound:.2f}x bound (start-up {startup:.0f} MB)"
+        elif name.startswith("convert"):
             ratio_m = (ratio_m + " / " if ratio_m else "") + f"{rss / bound:.2f}x bound"
         rows.append([name, f"{seconds:.2f}", f"{rss:.0f}", human_bytes(sizes[name]) if name in sizes else "",
                      ratio_t, ratio_m])

@@ -36,9 +36,8 @@ SHARED = ROOT.parent / "shared"
 
 def make_model(out: Path, hidden: int, layers: int, tokenizer: Path) -> Path:
     """A random MiniCPM checkpoint of the given width and depth with a real MiniCPM tokenizer."""
-    from converters.tensors import OutTensor
-    from converters.safetensors_out import write_sharded
-    from converters.tiny import base_config, copy_real_tokenizer, random_weights
+    from converters.safetensors_out import write_state
+    from converters.tiny import base_config, copy_real_tokenizer, random_weights, weight_shapes
     from converters.tokenizer import load_tokenizer
 
     out.mkdir(parents=True)
@@ -47,10 +46,9 @@ def make_model(out: Path, hidden: int, layers: int, tokenizer: Path) -> Path:
         "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
         "num_key_value_heads": hidden // 256, "intermediate_size": hidden * 5 // 2,
         "max_position_embeddings": 4096, "dim_model_base": 256}
-    weights = random_weights(config, torch.Generator().manual_seed(0))
+    weights = random_weights(weight_shapes(config), torch.Generator().manual_seed(0), config["scale_emb"])
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tensors = [OutTensor(n, tuple(t.shape), (lambda t=t: t), torch.float32) for n, t in weights.items()]
-    write_sharded(out, tensors, torch.bfloat16, 2 << 30)
+    write_state(out, weights, 2 << 30)
     return out
 
 

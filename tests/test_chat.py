@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import pty
@@ -309,50 +310,58 @@ class RaisesSigintWhenCollected:
         signal.raise_signal(signal.SIGINT)  # the handler runs before raise_signal returns
 
 
-@pytest.mark.slow
-def test_ctrl_c_ends_a_reply_after_the_token_in_progress_even_inside_a_finalizer(tiny):
-    from minicpm_cli.chat import ctrl_c_ends_reply, open_session
+@pytest.fixture
+def greedy_session(tiny):
+    """A chat session of the trained tiny model: greedy, 40 new tokens at most."""
+    from minicpm_cli.chat import open_session
     from runtime.generate import Sampling
 
-    # 40 tokens of budget and Ctrl-C at the 5th piece: the reply cannot run out before it
-    session = open_session(tiny("dense-gqa-tied", trained=True), Sampling(temperature=0, max_new_tokens=40),
-                           device="cpu")
-    pieces = []
+    return open_session(tiny("dense-gqa-tied", trained=True), Sampling(temperature=0, max_new_tokens=40),
+                        device="cpu")
+
+
+def reply_with_ctrl_c(session, pieces: list[str], at_piece: int, ctrl_c) -> None:
+    """One reply under chat's Ctrl-C handling; its pieces go to `pieces`, and `ctrl_c()` runs as the
+    `at_piece`-th arrives."""
+    from minicpm_cli.chat import ctrl_c_ends_reply
 
     def write(piece):
         pieces.append(piece)
-        if len(pieces) == 5:
-            RaisesSigintWhenCollected()  # collected at once: a KeyboardInterrupt would be lost here
+        if len(pieces) == at_piece:
+            ctrl_c()
 
     with ctrl_c_ends_reply() as interrupted:
         session.reply("Tell me about the history of England.", write, interrupted=interrupted)
-    stats = session.generator.stats
-    assert stats.stop == "interrupted" and len(pieces) == 5, (stats, pieces)
-    assert stats.new_tokens == len(session.generator.last_tokens) < 40
+
+
+def assert_partial_reply_kept(session, pieces: list[str]) -> None:
     assert session.messages[-1] == {"role": "assistant", "content": "".join(pieces)}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the reply
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_raises_at_once(tiny):
-    from minicpm_cli.chat import ctrl_c_ends_reply, open_session
-    from runtime.generate import Sampling
-
-    session = open_session(tiny("dense-gqa-tied", trained=True), Sampling(temperature=0, max_new_tokens=40),
-                           device="cpu")
+def test_ctrl_c_ends_a_reply_after_the_token_in_progress_even_inside_a_finalizer(greedy_session):
+    # 40 tokens of budget and Ctrl-C at the 5th piece: the reply cannot run out before it. The object is
+    # collected at once, inside a finalizer, where a KeyboardInterrupt would be lost.
     pieces = []
+    reply_with_ctrl_c(greedy_session, pieces, 5, RaisesSigintWhenCollected)
+    stats = greedy_session.generator.stats
+    assert stats.stop == "interrupted" and len(pieces) == 5, (stats, pieces)
+    assert stats.new_tokens == len(greedy_session.generator.last_tokens) < 40
+    assert_partial_reply_kept(greedy_session, pieces)
 
-    def write(piece):
-        pieces.append(piece)
-        if len(pieces) == 3:
-            signal.raise_signal(signal.SIGINT)  # asks the reply to end after this token
-            signal.raise_signal(signal.SIGINT)  # does not wait for it: KeyboardInterrupt here
 
-    with pytest.raises(KeyboardInterrupt), ctrl_c_ends_reply() as interrupted:
-        session.reply("Tell me about the history of England.", write, interrupted=interrupted)
-    assert session.generator.stats.stop == "interrupted" and len(pieces) == 3
-    assert session.messages[-1] == {"role": "assistant", "content": "".join(pieces)}
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+@pytest.mark.slow
+def test_a_second_ctrl_c_raises_at_once(greedy_session):
+    def twice():
+        signal.raise_signal(signal.SIGINT)  # asks the reply to end after this token
+        signal.raise_signal(signal.SIGINT)  # does not wait for it: KeyboardInterrupt here
+
+    pieces = []
+    with pytest.raises(KeyboardInterrupt):
+        reply_with_ctrl_c(greedy_session, pieces, 3, twice)
+    assert greedy_session.generator.stats.stop == "interrupted" and len(pieces) == 3
+    assert_partial_reply_kept(greedy_session, pieces)
 
 
 @pytest.mark.slow
@@ -554,6 +563,12 @@ class Terminal:
     def send(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
 
+    def command(self, line: str, answer: str) -> None:
+        """Type `line` and Enter; wait for `answer`, then for the next prompt."""
+        self.send(f"{line}\r")
+        self.expect(answer, PATIENCE)
+        self.expect(PROMPT, PATIENCE)
+
     def close(self) -> int | None:
         """Wait (600 s at most, then kill) for the process to end; its exit code."""
         if self.fd < 0:
@@ -577,9 +592,17 @@ class Terminal:
         return self.code
 
 
-def chat_terminal(src: Path, *options: str) -> Terminal:
+@contextlib.contextmanager
+def chat_terminal(src: Path, *options: str):
+    """`minicpm chat SRC` (greedy, one thread) in a terminal; after the block, Ctrl-D must end it with status 0."""
     exe = str(Path(sys.executable).with_name("minicpm"))
-    return Terminal([exe, "chat", str(src), "--temperature", "0", "--device", "cpu", "--threads", "1", *options])
+    term = Terminal([exe, "chat", str(src), "--temperature", "0", "--device", "cpu", "--threads", "1", *options])
+    try:
+        yield term
+        term.send("\x04")  # Ctrl-D quits
+        assert term.close() == 0
+    finally:
+        term.close()
 
 
 PROMPT = ">>> "
@@ -589,8 +612,8 @@ PATIENCE = 600  # seconds: every wait ends as soon as the text shows; this only 
 @pytest.mark.slow
 def test_interactive_terminal_streams_saves_and_resets(tiny, tmp_path):
     # a long reply budget: the tiny model does not stop by itself, the full context (256) stops it
-    term = chat_terminal(tiny("dense-gqa-tied", trained=True), "--max-new-tokens", "100000", "--context", "256")
-    try:
+    with chat_terminal(tiny("dense-gqa-tied", trained=True), "--max-new-tokens", "100000",
+                       "--context", "256") as term:
         banner = term.expect(PROMPT, PATIENCE)
         assert "template:" in banner and "tokenizer_config.json" in banner
 
@@ -603,38 +626,24 @@ def test_interactive_terminal_streams_saves_and_resets(tiny, tmp_path):
         assert "context full" in term.expect(PROMPT, PATIENCE)
 
         # 2. /save writes the transcript; /reset clears it
-        term.send(f"/save {tmp_path / 'one.json'}\r")
-        term.expect("saved 2 messages", PATIENCE)
-        term.expect(PROMPT, PATIENCE)
+        term.command(f"/save {tmp_path / 'one.json'}", "saved 2 messages")
         saved = json.loads((tmp_path / "one.json").read_text())
         assert [m["role"] for m in saved["messages"]] == ["user", "assistant"]
         assert saved["messages"][1]["content"].split()[:5] == reply.split()[:5]
-        term.send("/reset\r")
-        term.expect("history cleared", PATIENCE)
-        term.expect(PROMPT, PATIENCE)
-        term.send("/system Answer like a sailor.\r")
-        term.expect("system prompt set", PATIENCE)
-        term.expect(PROMPT, PATIENCE)
-        term.send(f"/save {tmp_path / 'two.json'}\r")
-        term.expect("saved 0 messages", PATIENCE)
-        term.expect(PROMPT, PATIENCE)
+        term.command("/reset", "history cleared")
+        term.command("/system Answer like a sailor.", "system prompt set")
+        term.command(f"/save {tmp_path / 'two.json'}", "saved 0 messages")
         assert json.loads((tmp_path / "two.json").read_text())["messages"] == [
             {"role": "system", "content": "Answer like a sailor."}]
-        term.send("/help\r")
-        term.expect("/system TEXT", PATIENCE)
-        term.expect(PROMPT, PATIENCE)
-        term.send("\x04")  # Ctrl-D quits
-        assert term.close() == 0
-    finally:
-        term.close()
+        term.command("/help", "/system TEXT")
 
 
 @pytest.mark.slow
 def test_ctrl_c_in_a_terminal_ends_the_reply_within_a_token_and_the_chat_goes_on(tiny, tmp_path):
     # A reply budget that cannot run out before the interrupt (100000 tokens, a context as large; the
     # model does not stop by itself): whenever the Ctrl-C lands, the reply is still being generated.
-    term = chat_terminal(tiny("dense-gqa-tied", trained=True), "--max-new-tokens", "100000", "--context", "100000")
-    try:
+    with chat_terminal(tiny("dense-gqa-tied", trained=True), "--max-new-tokens", "100000",
+                       "--context", "100000") as term:
         term.expect(PROMPT, PATIENCE)
         term.send("Write a long story about the sea.\r")
         term.expect("Write a long story about the sea.\n", PATIENCE)
@@ -648,15 +657,8 @@ def test_ctrl_c_in_a_terminal_ends_the_reply_within_a_token_and_the_chat_goes_on
         assert len(before_stats.split("^C", 1)[1].split()) <= 2, shown
         assert "stopped (Ctrl-C)" in stats + term.expect(PROMPT, PATIENCE)
         n = int(re.search(r"(\d+) tokens", stats).group(1))
-        term.send(f"/save {tmp_path / 'story.json'}\r")  # the cut reply is part of the conversation
-        term.expect("saved 2 messages", PATIENCE)
-        term.expect(PROMPT, PATIENCE)
+        # the cut reply is part of the conversation
+        term.command(f"/save {tmp_path / 'story.json'}", "saved 2 messages")
         story = json.loads((tmp_path / "story.json").read_text())["messages"][1]["content"]
         assert 0 < len(story.split()) <= n
-        term.send("/reset\r")  # the session goes on
-        term.expect("history cleared", PATIENCE)
-        term.expect(PROMPT, PATIENCE)
-        term.send("\x04")  # Ctrl-D quits
-        assert term.close() == 0
-    finally:
-        term.close()
+        term.command("/reset", "history cleared")  # the session goes on

@@ -16,6 +16,7 @@ nothing outside the folder is read through it.
 | empty tokenizer.model; malformed tokenizer.json              | 1, "no pieces" / "malformed"               |
 | Latin-1 chat_template.jinja / --template                     | 1 / 2, "not UTF-8 text"                    |
 | chat template: nested loops, 'x' * 10**10                    | 1, "exceeds its budget", within seconds    |
+| the same templates, and one that does not compile (convert gguf) | 1, nothing written               |
 | --temperature nan / inf                                      | 2, "must be a finite number"               |
 | GGUF with block_count 10**9 (chat, eval-ppl)                 | 1, "block_count", no SIGABRT               |
 """
@@ -339,16 +340,34 @@ def test_a_latin1_template_option_is_one_line(cli, model, tmp_path):
     assert_one_line_error(r, "--template", "not UTF-8 text", code=2)
 
 
-@pytest.mark.parametrize("template,needle", [
+HOSTILE_TEMPLATES = pytest.mark.parametrize("template,needle", [
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took more than"),
     ("{{ 'x' * 10000000000 }}", "a repetition of"),
     ("{% for i in range(100000) %}{{ 'abcdefghijklmnopqrstuvwxyz' * 1000 }}{% endfor %}", "the output passed"),
     ("{{ 10 ** 100000000 }}", "a power with exponent"),
 ])
+
+
+@HOSTILE_TEMPLATES
 def test_a_hostile_chat_template_renders_under_a_budget(template, needle, cli, model):
     edit_json(model / "tokenizer_config.json", chat_template=template)
     r = cli("chat", model, "--prompt", "hi", "--max-new-tokens", "2", "--device", "cpu")
     assert_one_line_error(r, "exceeds its budget", needle, code=1)
+
+
+@HOSTILE_TEMPLATES
+def test_convert_refuses_a_hostile_chat_template_before_writing(template, needle, cli, model, tmp_path):
+    edit_json(model / "tokenizer_config.json", chat_template=template)
+    r = convert_gguf(cli, model, tmp_path)  # asserts that neither OUT nor a temporary file is left
+    assert_one_line_error(r, "model/tokenizer_config.json", "exceeds its budget", needle, code=1)
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_convert_refuses_a_chat_template_that_does_not_compile(cli, model, tmp_path):
+    edit_json(model / "tokenizer_config.json", chat_template="{% for m in messages %}{{ m['content'] }}")
+    r = convert_gguf(cli, model, tmp_path)
+    assert_one_line_error(r, "model/tokenizer_config.json", "chat template does not compile", code=1)
+    assert not (tmp_path / "out.gguf").exists()
 
 
 @pytest.mark.parametrize("option", ["--temperature", "--top-p", "--repetition-penalty"])
@@ -359,8 +378,19 @@ def test_a_sampling_value_that_is_not_finite_is_one_line(option, value, cli, mod
 
 
 # --- GGUF headers ----------------------------------------------------------------------------------
-def absurd_gguf(path: Path) -> Path:
+def finish_gguf(writer, path: Path) -> Path:
+    """Give the writer's file one 16 x 64 token_embd.weight of zeros and write it out."""
     import numpy as np
+
+    writer.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def absurd_gguf(path: Path) -> Path:
     from gguf import GGUFWriter
 
     writer = GGUFWriter(str(path), "llama")
@@ -368,12 +398,7 @@ def absurd_gguf(path: Path) -> Path:
     writer.add_context_length(2048)
     writer.add_embedding_length(64)
     writer.add_head_count(4)
-    writer.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish_gguf(writer, path)
 
 
 @pytest.mark.parametrize("verb", ["chat", "eval-ppl"])
@@ -386,7 +411,6 @@ def test_a_gguf_with_an_absurd_block_count_is_refused_before_llama_cpp(verb, cli
 
 def gguf_missing_tensors(path: Path) -> Path:
     """Plausible llama metadata, a vocabulary, and no layer tensors: llama.cpp itself refuses it."""
-    import numpy as np
     from gguf import GGUFWriter
 
     writer = GGUFWriter(str(path), "llama")
@@ -397,12 +421,7 @@ def gguf_missing_tensors(path: Path) -> Path:
                           ("add_token_types", [1] * 16), ("add_token_merges", ["a b"])):
         getattr(writer, method)(value)
     writer.add_tokenizer_pre("gpt-2")
-    writer.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish_gguf(writer, path)
 
 
 def test_llama_cpp_load_errors_reach_the_user_as_one_line(cli, tmp_path):

@@ -6,9 +6,13 @@ family object (`ckpt.family`, or `family_of(config)`).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 
 class Family:

@@ -5,10 +5,13 @@ embeddings by default. transformers has no `minicpm`: runtime.load builds the fo
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from ..official import MUP_DEFAULTS
 from .base import Family
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MiniCPM(Family):

@@ -7,9 +7,10 @@ in float32. Chat: ChatML when the model ships no template. AWQ needs its own nor
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
-import torch
 
 from ..errors import UsageError, UserError
 from ..gguf_plan import GGUFPlan, GGUFTensor, _common_keys, _rope_keys, _scaled, model_name
@@ -17,6 +18,9 @@ from ..mup import fold_rope_scaling, tied
 from ..official import MUP_DEFAULTS, check_activation
 from ..shapes import check_shape, check_shapes
 from .base import Family
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MiniCPM3(Family):

@@ -1,0 +1,67 @@
+"""Float tensors as bytes, in numpy: decode to float32, scale, encode, check finiteness.
+
+`convert --to llama` needs no more than this (every tensor of the fold is a stored tensor times a
+factor), so it never imports torch. The results are bit-identical to torch's
+(`t.to(torch.float32) * factor` then `.to(dtype)`; tests/test_floats.py holds them side by side):
+- bfloat16 -> float32 puts the 16 bits on top of a zero low half, exactly;
+- float32 * factor is one float32 multiply by the factor rounded to float32, as torch's CPU kernel does;
+- float32 -> bfloat16 rounds to nearest, ties to even: (u + 0x7FFF + ((u >> 16) & 1)) >> 16, torch's
+  formula, which also carries overflow to infinity; NaN cannot occur (inputs are checked finite and
+  a fold's factors are finite and non-zero), so torch's NaN branch is left out;
+- float16 <-> float32 is numpy's cast, round to nearest even like torch's.
+A value is not finite when its exponent bits are all ones: one mask and compare over the raw bits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .tensors import BF16, BY_CODE, F16, F32, DType
+
+CODECS = (F32, F16, BF16)  # what decode and encode take
+BITS = {F32: np.uint32, F16: np.uint16, BF16: np.uint16, BY_CODE["F64"]: np.uint64}
+EXPONENT = {F32: 0x7F800000, F16: 0x7C00, BF16: 0x7F80, BY_CODE["F64"]: 0x7FF0000000000000}
+
+
+def finite(block, dtype: DType) -> bool:
+    """Whether every value in the raw bytes `block` of `dtype` is finite (non-float dtypes: True)."""
+    if dtype not in EXPONENT:
+        return True
+    bits = np.frombuffer(block, BITS[dtype])
+    mask = EXPONENT[dtype]
+    return not np.any((bits & mask) == mask)
+
+
+def decode(block, dtype: DType) -> np.ndarray:
+    """The raw bytes of a float16/bfloat16/float32 tensor as a new float32 array."""
+    if dtype == BF16:
+        bits = np.frombuffer(block, np.uint16).astype(np.uint32)
+        bits <<= 16  # in place: every temporary of a 16 MB block is 32 MB of fresh memory
+        return bits.view(np.float32)
+    if dtype == F16:
+        return np.frombuffer(block, np.float16).astype(np.float32)
+    return np.frombuffer(block, np.float32).copy()
+
+
+def encode(values: np.ndarray, dtype: DType) -> memoryview:
+    """A float32 array's bytes as `dtype`, rounded to nearest even (`values` may be overwritten)."""
+    if dtype == BF16:
+        bits = values.view(np.uint32)
+        bias = bits >> 16
+        bias &= 1
+        bias += np.uint32(0x7FFF)
+        bits += bias
+        bits >>= 16
+        return memoryview(bits.astype(np.uint16)).cast("B")
+    if dtype == F16:
+        with np.errstate(over="ignore"):  # overflow is infinity, as in torch
+            return memoryview(values.astype(np.float16)).cast("B")
+    return memoryview(values).cast("B")
+
+
+def scale(block, source: DType, factor: float, out: DType) -> memoryview:
+    """`factor * tensor` from the raw bytes of `source` to the raw bytes of `out`, in float32."""
+    values = decode(block, source)
+    if factor != 1.0:
+        with np.errstate(over="ignore"):  # overflow is infinity, as in torch
+            values *= np.float32(factor)
+    return encode(values, out)
