@@ -7,11 +7,13 @@ and only when the source runs out before `num_samples` rows.
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from converters.errors import UsageError, UserError
+from converters.template_sandbox import compile_template, render_budgeted
 
 from . import sources
 
@@ -28,13 +30,18 @@ class CalibrationSet:
         return sum(len(s) for s in self.samples)
 
 
+@functools.lru_cache(maxsize=4)
+def compiled_template(template: str):
+    return compile_template(template, "the model's chat template")
+
+
 def render_chat(messages: list[dict], tokenizer, template: str | None) -> str:
-    """A conversation as the model's chat template writes it (plain lines without a template)."""
+    """A conversation as the model's chat template writes it (plain lines without a template), in
+    chat's budgeted sandbox: a hostile template is one error line here too, not a hang or an OOM."""
     if template:
-        try:
-            return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
-        except Exception as exc:
-            raise UserError(f"the model's chat template cannot render a calibration conversation ({exc})") from None
+        return render_budgeted(compiled_template(template), "calibration conversation", messages,
+                               add_generation_prompt=False, bos_token=getattr(tokenizer, "bos_token", None) or "",
+                               eos_token=getattr(tokenizer, "eos_token", None) or "")
     return "\n".join(m.get("content", "") for m in messages)
 
 

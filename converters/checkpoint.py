@@ -264,17 +264,22 @@ class Checkpoint:
         raise UserError(f"{self._where[name]}: tensor {name} holds NaN or infinite values (a damaged "
                         "or diverged checkpoint); refusing to write a model from it")
 
-    def byte_blocks(self, name: str, max_bytes: int = 16 << 20):
+    def byte_blocks(self, name: str, max_bytes: int = 16 << 20, reuse: bool = False):
         """A safetensors tensor's stored bytes (see `stored`) as consecutive row blocks of at most
-        ~max_bytes each (at least one row), read one block at a time and checked like `get`."""
+        ~max_bytes each (at least one row), read one block at a time and checked like `get`.
+
+        reuse: every block is a view of one buffer, valid until the next is read (for a caller that
+        writes each block out at once: a fresh 16 MB buffer per block cost 0.5 s of a 6.6 s fold)."""
         info = self.info(name)
         path, (begin, end) = self._where[name], self._offsets[name]
         rows = info.shape[0] if info.shape else 1
         row_bytes = (end - begin) // rows if rows else 0
         step = max(1, max_bytes // row_bytes) if row_bytes else 1
+        buffer = memoryview(bytearray(min(step, rows) * row_bytes)) if reuse else None
         with self._open(path, name) as f:
             for start in range(0, rows if row_bytes else 0, step):
-                data = bytearray(min(step, rows - start) * row_bytes)
+                size = min(step, rows - start) * row_bytes
+                data = buffer[:size] if reuse else bytearray(size)
                 self._read_at(f, begin + start * row_bytes, data, name)
                 if self.check_finite and not floats.finite(data, info.dtype):
                     self._not_finite(name)
@@ -286,7 +291,7 @@ class Checkpoint:
         except OSError as exc:
             raise UserError(f"{path}: cannot read tensor {name} ({exc.strerror or exc})") from None
 
-    def _read_at(self, f, offset: int, data: bytearray, name: str) -> None:
+    def _read_at(self, f, offset: int, data, name: str) -> None:
         """Fill `data` from `offset` (read errors only: a write error while a block is out stays one)."""
         try:
             f.seek(offset)
@@ -321,7 +326,7 @@ class Checkpoint:
         """Append the tensor's stored bytes to the file descriptor `out_fd`, block by block: no
         decode or re-encode, only the finiteness check `get` makes."""
         if self.stored(name):
-            for data in self.byte_blocks(name, max_bytes):
+            for data in self.byte_blocks(name, max_bytes, reuse=True):
                 write_all(out_fd, data)
             return
         dtype = self.info(name).dtype  # a --lora merge gives float32: rounded once to the stored dtype

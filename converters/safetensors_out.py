@@ -63,7 +63,7 @@ def write_tensor(f, t: OutTensor, dtype: DType) -> None:
         if t.factor == 1.0 and t.source_dtype == dtype:
             ckpt.copy_bytes(t.source, fd, CHUNK_BYTES)
         elif ckpt.stored(t.source) and t.source_dtype in floats.CODECS and dtype in floats.CODECS:
-            for block in ckpt.byte_blocks(t.source, CHUNK_BYTES):
+            for block in ckpt.byte_blocks(t.source, CHUNK_BYTES, reuse=True):
                 write_all(fd, floats.scale(block, t.source_dtype, t.factor, dtype))
         else:
             for block in ckpt.row_chunks(t.source, CHUNK_BYTES):

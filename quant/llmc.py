@@ -57,6 +57,39 @@ def onload_to(device: str):
 
 
 @contextlib.contextmanager
+def one_thread_gptq_solve(device: str):
+    """On CPU, run GPTQ's solve (llm-compressor's `quantize_weight`) in one torch thread.
+
+    The solve walks the columns one at a time in Python: per column a handful of ops on [rows]
+    and [rows, <=128] tensors, too small to pay for a parallel region. With two threads on the
+    two shared cores (load average ~4) every op waits at an OpenMP barrier for a descheduled
+    thread: quantize_weight on a 1536x1536 weight took 10.5 s with 2 threads and 1.2 s with 1;
+    3840x1536, 20.3 s and 1.4 s (bench-out/micro_gptq.py, same run). Calibration forwards keep
+    every thread (their matmuls are large). On GPU the loop runs as a kernel: unchanged.
+    """
+    if device != "cpu":
+        yield
+        return
+    from llmcompressor.modifiers.gptq import base
+
+    original = base.__dict__["quantize_weight"]
+
+    def quantize_weight(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    base.quantize_weight = quantize_weight
+    try:
+        yield
+    finally:
+        base.quantize_weight = original
+
+
+@contextlib.contextmanager
 def layer_callback(on_layer: Callable[[], None] | None):
     """Call `on_layer()` each time llm-compressor finishes calibrating one decoder layer."""
     if on_layer is None:
@@ -93,7 +126,7 @@ def scheme(bits: int, group_size: int, symmetric: bool, act_order: bool | None, 
 
 
 def recipe(method: str, bits: int, group_size: int, symmetric: bool, act_order: bool | None, ignore: list[str],
-           awq_mappings: list | None = None) -> list:
+           awq_mappings: list | None = None, device: str = "cpu") -> list:
     """llm-compressor modifiers: AWQ (scale search, then clip search and rounding) or GPTQ."""
     if method == "awq":
         # AWQ is a scale search *and* a clip search (AutoAWQ's apply_clip, which the seeds ran).
@@ -108,7 +141,13 @@ def recipe(method: str, bits: int, group_size: int, symmetric: bool, act_order: 
     groups = scheme(bits, group_size, symmetric, act_order, ["Linear"])
     from llmcompressor.modifiers.quantization import GPTQModifier
 
-    return [GPTQModifier(config_groups=groups, ignore=ignore, actorder="weight" if act_order else None)]
+    # Same-shape Linears (q/o, k/v, gate/up, MoE experts) solved two at a time: one Python column
+    # loop for both halves the loop's per-op overhead. llm-compressor's "auto" sizes batches from free
+    # CUDA memory and solves one at a time on CPU; two bounds the extra fp32 working copy to one more
+    # Linear. One thread, 1536x1536: 1.22 s per Linear alone, 0.75 s two at a time (micro_gptq.py).
+    batched = 2 if device == "cpu" else "auto"
+    return [GPTQModifier(config_groups=groups, ignore=ignore, actorder="weight" if act_order else None,
+                         batched_quantization=batched)]
 
 
 def oneshot_quantize(model, tokenizer, rows: list[list[int]], method: str, bits: int, group_size: int,
@@ -129,8 +168,9 @@ def oneshot_quantize(model, tokenizer, rows: list[list[int]], method: str, bits:
 
     data = [{"input_ids": torch.tensor(r, dtype=torch.long)} for r in rows]  # the pipeline onloads them
     loader = DataLoader(data, batch_size=1)  # rows may differ in length (the last one): no padding
-    modifiers = recipe(method, bits, group_size, symmetric, act_order, ignore, awq_mappings)
-    with no_pinned_memory_without_accelerator(), layer_callback(on_layer), onload_to(device):
+    modifiers = recipe(method, bits, group_size, symmetric, act_order, ignore, awq_mappings, device)
+    with (no_pinned_memory_without_accelerator(), layer_callback(on_layer), onload_to(device),
+          one_thread_gptq_solve(device)):
         return oneshot(model=model, processor=tokenizer, dataset=loader, recipe=modifiers,
                        num_calibration_samples=len(rows), max_seq_length=max(len(r) for r in rows))
 

@@ -13,8 +13,9 @@ result's layer_seconds). The extrapolation scales the measured per-layer time by
 per-layer parameter count (a layer's calibration forward and GPTQ's column updates are linear in its
 parameters at a fixed token count; GPTQ's Hessian inverse, cubic in a Linear's input width, is left
 out) and the rest of the run (loading, embedding, head, saving) by the vocabulary x hidden size, and
-the memory as the model in bf16 + one layer's calibration activations + the measured overhead.
-Figures are on this machine's CPU cores; `uptime`'s load is printed with them.
+the memory as the model in bf16 + one layer's calibration activations + the measured overhead;
+bnb, which has no layer passes, is scaled whole by the parameter count. With --layers 2 the time per
+layer is the one gap between the two layer ends. Figures are on this machine's CPU cores; `uptime`'s load is printed with them.
 """
 from __future__ import annotations
 
@@ -136,12 +137,15 @@ def main() -> None:
         for method, r in results.items():
             rest = r["seconds"] - (r["per_layer_s"] or 0) * a.layers
             vocab_scale = c["vocab_size"] * c["hidden_size"] / (config["vocab_size"] * config["hidden_size"])
-            minutes = ((r["per_layer_s"] or 0) * layer_params(c) / bench_layer * c["num_hidden_layers"]
-                       + max(rest, 0) * max(vocab_scale, params / (size / 2))) / 60 if r["per_layer_s"] else None
+            if r["per_layer_s"]:
+                minutes = (r["per_layer_s"] * layer_params(c) / bench_layer * c["num_hidden_layers"]
+                           + max(rest, 0) * max(vocab_scale, params / (size / 2))) / 60
+            else:  # bnb: no layer passes; loading and quantizing each Linear are linear in the parameters
+                minutes = r["seconds"] * params / (size / 2) / 60
             overhead = r["peak_rss_mb"] * 2**20 - size  # what the run held beyond the checkpoint
             memory = params * 2 + activations + overhead
             extrapolated[name][method] = {"minutes": minutes, "peak_rss_bytes": memory}
-            row.append(("-" if minutes is None else f"{minutes:.0f} min") + f", {human_bytes(memory)}")
+            row.append(f"{minutes:.0f} min, {human_bytes(memory)}")
         rows.append(row)
     console.print(table(f"extrapolated to the published sizes ({tokens} calibration tokens, {a.device}; "
                         "time scaled by per-layer parameters, memory = model bf16 + activations + overhead)",

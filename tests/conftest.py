@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,17 @@ def shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     assert path.exists(), f"{path} is missing: tests need ../shared beside the project root"
     return path
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_at_a_terminal():
+    """SIGINT raises KeyboardInterrupt, here and in every child started during the test, as for a user
+    at a terminal. A runner started in the background by a script (`make test &` under sh) inherits
+    SIGINT ignored, and then Python never raises it (seen: the Ctrl-C conversion test's child ran to the
+    end and exited 0); an exec resets a handler to the default, but keeps an ignored signal ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

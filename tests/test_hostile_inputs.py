@@ -370,6 +370,17 @@ def test_convert_refuses_a_chat_template_that_does_not_compile(cli, model, tmp_p
     assert not (tmp_path / "out.gguf").exists()
 
 
+@HOSTILE_TEMPLATES
+def test_quantize_renders_calibration_chats_under_the_same_budget(template, needle, cli, model, tmp_path):
+    edit_json(model / "tokenizer_config.json", chat_template=template)
+    calib = tmp_path / "chats.json"
+    calib.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}] * 4))
+    r = cli("quantize", model, "--method", "gptq", "--calib", calib, "--num-samples", "2", "--seq-len", "16",
+            "-o", tmp_path / "out")
+    assert_one_line_error(r, "calibration conversation", "exceeds its budget", needle, code=1)
+    assert leftovers(tmp_path, "out") == []
+
+
 @pytest.mark.parametrize("option", ["--temperature", "--top-p", "--repetition-penalty"])
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_a_sampling_value_that_is_not_finite_is_one_line(option, value, cli, model):

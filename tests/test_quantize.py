@@ -361,3 +361,53 @@ def test_cpu_awq_needs_the_pinned_memory_skip(cli, tiny, tmp_path, monkeypatch):
     assert_one_line_error(result, "awq on minicpm: llm-compressor failed",
                           "Cannot access accelerator device when none is available", code=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_gptq_solve_is_the_librarys_own(tiny, tmp_path, monkeypatch):
+    """On CPU quant.llmc runs GPTQ's column loop in one thread and two same-shape Linears at a time
+    (for speed: see quant.llmc.one_thread_gptq_solve); the first decoder layer, whose inputs both runs
+    share, gets llm-compressor's own result (every thread, one Linear at a time) up to summation order,
+    and the thread count is restored after.
+
+    Measured: layer 0's q/k/v/o/gate/up bit-equal, down_proj 0.12% of its weights moved (its 2-thread
+    and 1-thread Cholesky sum in different orders; a flipped rounding feeds back into later columns). Later layers are not compared: a one-step
+    difference changes the next layer's calibration inputs, and GPTQ's rounding decisions then diverge
+    (30% of layer 3's weights differ, as they would between any two summation orders)."""
+    import contextlib
+
+    import quant.llmc
+    from llmcompressor.modifiers.gptq import base
+    from quant.quantize import QuantizeOptions, quantize
+
+    solves = []  # (torch threads, Linears stacked) per quantize_weight call
+    library_solve = base.quantize_weight
+
+    def spy(weights, *args, **kwargs):
+        solves.append((torch.get_num_threads(), weights.shape[0]))
+        return library_solve(weights, *args, **kwargs)
+
+    monkeypatch.setattr(base, "quantize_weight", spy)
+    layer0 = {}
+
+    def run(name):
+        def keep(model):
+            layer0[name] = {k: v.clone() for k, v in model.model.layers[0].state_dict().items()}
+
+        opts = QuantizeOptions(method="gptq", num_samples=4, seq_len=64, device="cpu", calib=str(shared_path(*WIKI)))
+        quantize(tiny("dense-gqa-tied"), tmp_path / name, opts, before_save=keep)
+
+    threads = torch.get_num_threads()
+    run("ours")
+    assert {t for t, _ in solves} == {1} and {n for _, n in solves} == {1, 2}, solves  # q/o, k/v, gate/up; down alone
+    assert torch.get_num_threads() == threads
+    library_recipe = quant.llmc.recipe
+    monkeypatch.setattr(quant.llmc, "one_thread_gptq_solve", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(quant.llmc, "recipe", lambda *args: library_recipe(*args[:7], "cuda"))  # "auto": 1 on CPU
+    solves.clear()
+    run("library")
+    assert {n for _, n in solves} == {1}
+    ours, library = layer0["ours"], layer0["library"]
+    weights = [k for k in ours if k.endswith("proj.weight")]
+    assert ours.keys() == library.keys() and len(weights) == 7
+    for name in weights:
+        assert (ours[name] != library[name]).float().mean() < 0.01, name
