@@ -5,6 +5,7 @@ Safetensors shards are memory-mapped and each tensor is read on demand; `.bin` w
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -324,10 +325,17 @@ class Checkpoint:
 
     def copy_bytes(self, name: str, out_fd: int, max_bytes: int = 16 << 20) -> None:
         """Append the tensor's stored bytes to the file descriptor `out_fd`, block by block: no
-        decode or re-encode, only the finiteness check `get` makes."""
+        decode or re-encode, only the finiteness check `get` makes.
+
+        From safetensors each block is read and checked, then the kernel copies the same file range
+        (copy_file_range, as `cp` does): writing the bytes from user memory took 1.9 s of a 4.3 s
+        `--to llama` of 910 MB on an idle machine, where `cp -r` took 0.54 s."""
         if self.stored(name):
-            for data in self.byte_blocks(name, max_bytes, reuse=True):
-                write_all(out_fd, data)
+            path, (offset, _) = self._where[name], self._offsets[name]
+            with self._open(path, name) as source:
+                for data in self.byte_blocks(name, max_bytes, reuse=True):
+                    copy_range(source, offset, data, out_fd, name)
+                    offset += len(data)
             return
         dtype = self.info(name).dtype  # a --lora merge gives float32: rounded once to the stored dtype
         for block in self.row_chunks(name, max_bytes):
@@ -356,6 +364,25 @@ def check_bin_archive(path: Path) -> None:
         inflated = sum(e.file_size for e in entries)
         raise UserError(f"{path}: archive would inflate {size} bytes to {inflated}; torch.save never compresses, "
                         "refusing to load it")
+
+
+def copy_range(source, offset: int, data, out_fd: int, name: str) -> None:
+    """Append `len(data)` bytes of the file `source` from `offset` to `out_fd` in the kernel; `data` is
+    those bytes as read (and checked), written from memory where the kernel cannot copy."""
+    done = 0
+    if not hasattr(os, "copy_file_range"):  # Linux only
+        write_all(out_fd, data)
+        return
+    try:
+        while done < len(data):
+            n = os.copy_file_range(source.fileno(), out_fd, len(data) - done, offset + done)
+            if n == 0:
+                raise UserError(f"{source.name}: truncated while reading tensor {name}")
+            done += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+            raise  # a write error (ENOSPC, EIO) is the output's, as from write_all
+        write_all(out_fd, memoryview(data)[done:])
 
 
 def write_all(fd: int, data) -> None:

@@ -37,9 +37,11 @@ def raw(t: torch.Tensor) -> bytes:
 @pytest.mark.parametrize("factor", [1.0, 0.0923, 12.0, 1 / 9])
 @pytest.mark.parametrize("out", FLOATS, ids=str)
 @pytest.mark.parametrize("source", FLOATS, ids=str)
-def test_scaling_stored_bytes_is_bit_identical_to_torch(source, out, factor):
+def test_scaling_stored_bytes_is_bit_identical_to_torch(source, out, factor, monkeypatch):
     """`factor * t` from stored bytes, in float32, cast: the bytes torch's own path (mup/safetensors_out
-    before numpy) gives, for every pair of dtypes, including ties, subnormals and overflow to inf."""
+    before numpy) gives, for every pair of dtypes, including ties, subnormals and overflow to inf;
+    cache-sized slices of 777 elements, so that slices and a ragged last one are joined too."""
+    monkeypatch.setattr(floats, "SLICE", 777)
     stored = awkward_values().to(source.torch)
     stored = stored[torch.isfinite(stored)]
     want = (stored.to(torch.float32) * factor).to(out.torch)
@@ -92,3 +94,29 @@ print("torch imported:", "torch" in sys.modules)
         assert set(f.keys()) == {t.name for t in plan}
         for t in plan:
             assert torch.equal(f.get_tensor(t.name), t.make().to(torch.float32)), t.name
+
+
+def test_a_byte_copy_the_kernel_gives_up_part_way_is_finished_from_the_bytes_read(tiny, cli, tmp_path,
+                                                                                  monkeypatch):
+    """Unchanged tensors go file to file by copy_file_range; where the kernel cannot (another file
+    system, an old kernel) after copying part of a block, the rest comes from the bytes read."""
+    import errno
+    import os
+
+    import converters.safetensors_out as writer
+
+    src = tiny("dense-gqa-tied")
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 3000)  # many blocks per tensor
+    assert cli("convert", src, "--to", "llama", "-o", tmp_path / "kernel").code == 0
+    calls = []
+
+    def gives_up(src_fd, dst_fd, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        if len(calls) % 2:  # every other call copies 100 bytes, the next one fails
+            return os.copy_file_range(src_fd, dst_fd, min(count, 100), offset_src)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", gives_up)
+    assert cli("convert", src, "--to", "llama", "-o", tmp_path / "mixed").code == 0
+    assert len(calls) > 10
+    assert (tmp_path / "mixed" / "model.safetensors").read_bytes() == (tmp_path / "kernel" / "model.safetensors").read_bytes()
