@@ -50,14 +50,17 @@ def test_scaling_stored_bytes_is_bit_identical_to_torch(source, out, factor, mon
 
 
 @pytest.mark.parametrize("dtype", FLOATS + [DType.of(torch.float64)], ids=str)
-def test_finiteness_is_read_from_the_exponent_bits_as_torch_sees_it(dtype):
+def test_finiteness_is_read_from_the_exponent_bits_as_torch_sees_it(dtype, monkeypatch):
+    """In slices of 777 elements: a damaged value in the first, a middle or the ragged last slice."""
+    monkeypatch.setattr(floats, "SLICE", 777)
     values = awkward_values().to(torch.float64)
     values = values[torch.isfinite(values.to(dtype.torch))]
-    assert floats.finite(raw(values.to(dtype.torch)), dtype)
+    assert len(values) % 777 and floats.finite(raw(values.to(dtype.torch)), dtype)
     for bad in (float("inf"), float("-inf"), float("nan")):
-        damaged = values.clone()
-        damaged[1234] = bad
-        assert not floats.finite(raw(damaged.to(dtype.torch)), dtype), bad
+        for where in (0, 1234, len(values) - 1):
+            damaged = values.clone()
+            damaged[where] = bad
+            assert not floats.finite(raw(damaged.to(dtype.torch)), dtype), (bad, where)
     assert floats.finite(np.arange(10, dtype=np.int64).tobytes(), DType.of(torch.int64))  # not a float type
 
 
