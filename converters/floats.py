@@ -70,11 +70,11 @@ def encode(values: np.ndarray, dtype: DType) -> memoryview:
 
 
 
-def scale(block, source: DType, factor: float, out: DType) -> bytearray:
+def scale(block, source: DType, factor: float, out: DType, into: Scratch | None = None) -> memoryview:
     """`factor * tensor` from the raw bytes of `source` to the raw bytes of `out`, in float32, a
-    cache-sized slice at a time."""
+    cache-sized slice at a time; the result lives in `into` (valid until its next use) if given."""
     data, n = memoryview(block).cast("B"), len(block) // source.itemsize
-    result = bytearray(n * out.itemsize)
+    result = (into or Scratch()).view(n * out.itemsize)
     for start in range(0, n, SLICE):
         stop = min(n, start + SLICE)
         values = decode(data[start * source.itemsize: stop * source.itemsize], source)
@@ -83,3 +83,19 @@ def scale(block, source: DType, factor: float, out: DType) -> bytearray:
                 values *= np.float32(factor)
         result[start * out.itemsize: stop * out.itemsize] = encode(values, out)
     return result
+
+
+class Scratch:
+    """A buffer reused block after block, grown when a block needs more.
+
+    In a new process every fresh 16 MB buffer is a fresh mapping whose pages fault in as they are
+    first written: `--to llama` of the 909 MB checkpoint took 0.94-1.21 s with a new buffer per block
+    and 0.71-0.82 s with glibc told to reuse its heap (MALLOC_MMAP_THRESHOLD_, same run, 8 each)."""
+
+    def __init__(self):
+        self._buffer = bytearray()
+
+    def view(self, nbytes: int) -> memoryview:
+        if len(self._buffer) < nbytes:
+            self._buffer = bytearray(nbytes)
+        return memoryview(self._buffer)[:nbytes]

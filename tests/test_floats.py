@@ -99,24 +99,24 @@ print("torch imported:", "torch" in sys.modules)
             assert torch.equal(f.get_tensor(t.name), t.make().to(torch.float32)), t.name
 
 
-def test_a_byte_copy_the_kernel_gives_up_part_way_is_finished_from_the_bytes_read(tiny, cli, tmp_path,
-                                                                                  monkeypatch):
+def test_a_byte_copy_the_kernel_gives_up_part_way_is_finished_by_reading_and_writing(tiny, cli, tmp_path,
+                                                                                      monkeypatch):
     """Unchanged tensors go file to file by copy_file_range; where the kernel cannot (another file
-    system, an old kernel) after copying part of a block, the rest comes from the bytes read."""
+    system, an old kernel) after copying part of a block, the rest is read and written."""
     import errno
     import os
 
-    import converters.safetensors_out as writer
+    import converters.copies as copies
 
     src = tiny("dense-gqa-tied")
-    monkeypatch.setattr(writer, "CHUNK_BYTES", 3000)  # many blocks per tensor
+    monkeypatch.setattr(copies, "BLOCK", 3000)  # many blocks per tensor
     assert cli("convert", src, "--to", "llama", "-o", tmp_path / "kernel").code == 0
     calls = []
 
     def gives_up(src_fd, dst_fd, count, offset_src=None, offset_dst=None):
         calls.append(count)
         if len(calls) % 2:  # every other call copies 100 bytes, the next one fails
-            return os.copy_file_range(src_fd, dst_fd, min(count, 100), offset_src)
+            return os.copy_file_range(src_fd, dst_fd, min(count, 100), offset_src, offset_dst)
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "copy_file_range", gives_up)
