@@ -68,6 +68,11 @@ def _quiet():
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
+    # loggers first: importing the modules below imports bitsandbytes, whose CPU backend logs a
+    # warning at import on a CPU with AVX512-BF16 ("Failed to load CPU gemm_4bit_forward")
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     patched = []
     for name in TQDM_MODULES:
         try:
@@ -77,9 +82,6 @@ def _quiet():
         if getattr(module, "tqdm", None) is tqdm:
             module.tqdm = silent_tqdm
             patched.append(module)
-    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     for name in ("llmcompressor", "compressed_tensors"):

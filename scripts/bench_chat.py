@@ -12,7 +12,8 @@ converts it to GGUF q8_0 and q4_0, and times one chat turn (prompt rendered with
   llama.cpp context (threads, batch, KV cache), the same sampling (temperature 0.7, top-p 0.8,
   repetition penalty 1.02, seed), the KV cache cleared before each run.
 - HF: Generator (float Llama: runtime.llama_decode's static cache) vs transformers' model.generate on
-  the same in-memory model (f32), greedy.
+  the same in-memory model (f32), greedy; and the decode speed this machine's memory bandwidth
+  allows (every weight is read once per token), measured in the same run.
 
 Time to first token (TTFT) includes the prompt's prefill; decode tokens/s counts tokens after the first.
 Replies never stop early (stop ids off / min_new_tokens), so both sides generate --tokens tokens.
@@ -174,7 +175,28 @@ def bench_hf(src: Path, args) -> list[dict]:
     rows = compare(f"HF {src.name} f32 (greedy)", ours, theirs, args.reps)
     rows[0]["same_tokens"] = tokens["ours"] == tokens["theirs"]
     print(f"{'':34s} same tokens as model.generate: {rows[0]['same_tokens']}")
+    gbs, bound = bandwidth_bound(model.model)
+    rows[0] |= {"bandwidth_gb_s": gbs, "bound_tok_s": bound}
+    print(f"{'':34s} memory-bandwidth bound: {gbs:.1f} GB/s of f32 matrix-vector products -> {bound:.2f} tok/s; "
+          f"ours {rows[0]['ours_tok_s'] / bound:.0%} of it, model.generate {rows[0]['ref_tok_s'] / bound:.0%}")
     return rows
+
+
+def bandwidth_bound(model) -> tuple[float, float]:
+    """(GB/s at which this machine streams f32 weights through matrix-vector products, the decode
+    tokens/s that allows for `model`): one decode step reads every weight once (a tied head is the
+    embedding, read once as the head), so no decoder beats bytes / bandwidth."""
+    weights = torch.randn(48, 3840, 1536)  # 1.1 GB, MiniCPM-1B-width FFN matrices, beyond any cache
+    x = torch.randn(1536, 1)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for w in weights:
+            torch.mm(w, x)
+        best = min(best, time.perf_counter() - start)
+    gbs = weights.numel() * 4 / best / 1e9
+    per_token = sum(p.numel() * p.element_size() for p in model.parameters())
+    return gbs, gbs * 1e9 / per_token
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -233,6 +235,11 @@ def test_cli_writes_a_complete_folder(cli, tiny, tmp_path):
                  ("chat", out, "--prompt", "Hi", "--temperature", "0", "--max-new-tokens", "4")):
         result = cli(*args)
         assert result.code == 0 and result.err == "", result
+    # and in a new process, as a user runs it: libraries log at import there (bitsandbytes' CPU backend
+    # warns about a missing `kernels` package on a CPU with AVX512-BF16, seen in `make demo`)
+    fresh = subprocess.run([sys.executable, "-m", "minicpm_cli", "eval-ppl", str(out), "--dataset",
+                            str(tmp_path / "text.txt"), "--ctx", "64"], capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0 and fresh.stderr == "", fresh.stderr[-2000:]
 
 
 @pytest.mark.parametrize("family,method,layers", [
