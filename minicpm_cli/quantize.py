@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -23,6 +25,25 @@ class Method(str, Enum):
 class BnbType(str, Enum):
     nf4 = "nf4"
     fp4 = "fp4"
+
+
+def passive_thread_wait(method: str) -> None:
+    """For AWQ, have torch's OpenMP workers sleep at once when they wait, instead of spinning first.
+
+    libgomp (torch's OpenMP) spins a waiting worker for 300,000 iterations before it sleeps
+    (GOMP_SPINCOUNT '300000'; OMP_WAIT_POLICY=PASSIVE makes it '0'). AWQ's scale search is some
+    100,000 parallel regions per decoder layer at this project's widths (20 grid points x 3
+    mappings x the parent's forward on every calibration row, plus the weight scaling and fake
+    quantization), and on the 2 shared cores a spinning worker takes the core the lagging worker
+    or another job needs. Same 2-layer AWQ (8 x 256 tokens, /tmp/wa/awq_threads.py), with two
+    2-thread torch jobs beside it (load 5-6): 189 s default, 78 s passive, 104 s with one thread
+    for the search and the clip search; idle (load 1-2): 24.9 s default, 27.0 s passive, 36.7 s
+    one thread. The thread count and the work split stay the same, so the weights do too. Only
+    takes effect before torch is imported (libgomp reads it when it loads), so the verb sets it first;
+    a user's own OMP_WAIT_POLICY wins.
+    """
+    if method == "awq" and "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @contextlib.contextmanager
@@ -84,6 +105,7 @@ def quantize(
     --device and quantizes while loading: the device holds the quantized model (about 0.6 bytes per
     parameter at 4 bits) plus one float layer. On the CPU, torch's threads (all cores) bound the speed.
     """
+    passive_thread_wait(method.value)
     from quant.quantize import QuantizeOptions, quantize as run_quantize
 
     opts = QuantizeOptions(
