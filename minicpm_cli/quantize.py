@@ -31,16 +31,18 @@ def passive_thread_wait(method: str) -> None:
     """For AWQ, have torch's OpenMP workers sleep at once when they wait, instead of spinning first.
 
     libgomp (torch's OpenMP) spins a waiting worker for 300,000 iterations before it sleeps
-    (GOMP_SPINCOUNT '300000'; OMP_WAIT_POLICY=PASSIVE makes it '0'). AWQ's scale search is some
-    100,000 parallel regions per decoder layer at this project's widths (20 grid points x 3
-    mappings x the parent's forward on every calibration row, plus the weight scaling and fake
-    quantization), and on the 2 shared cores a spinning worker takes the core the lagging worker
-    or another job needs. Same 2-layer AWQ (8 x 256 tokens, /tmp/wa/awq_threads.py), with two
-    2-thread torch jobs beside it (load 5-6): 189 s default, 78 s passive, 104 s with one thread
-    for the search and the clip search; idle (load 1-2): 24.9 s default, 27.0 s passive, 36.7 s
-    one thread. The thread count and the work split stay the same, so the weights do too. Only
-    takes effect before torch is imported (libgomp reads it when it loads), so the verb sets it first;
-    a user's own OMP_WAIT_POLICY wins.
+    (GOMP_SPINCOUNT '300000'; OMP_WAIT_POLICY=PASSIVE makes it '0'). AWQ's scale search runs
+    ~20,000 torch ops large enough to be split across threads per decoder layer (counted at MiniCPM-1B
+    widths, 8 x 256 tokens: 24,700 aten ops, 19,800 on >= 32,768 elements; the MSE clip search 2,800
+    more): 20 grid points x 3 mappings, each re-scaling, re-observing and fake-quantizing the weights and
+    running the parent module on every calibration row. On the 2 shared cores a spinning worker holds
+    the core that the lagging worker or another job needs. bench_quantize.py --layers 2 --num-samples 8
+    --seq-len 256 --methods awq beside two 2-thread torch jobs (load 5.5-5.8), alternating: 202 / 212 s
+    before, 96 / 99 s passive; idle (load 1.5-1.9) 32.3 s before, 33.3 / 34.3 s passive. Running both
+    searches in one thread instead (same model and rows, one process each): loaded 189 s default, 104 s
+    one thread, 78 s passive; idle 24.9 / 36.7 / 27.0 s. The thread count and the work split stay the same:
+    the saved weights are bit-identical. It only takes effect before torch is imported (libgomp reads it
+    when it loads), so the verb sets it first; a user's own OMP_WAIT_POLICY wins.
     """
     if method == "awq" and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
