@@ -5,9 +5,8 @@ Safetensors shards are memory-mapped and each tensor is read on demand; `.bin` w
 """
 from __future__ import annotations
 
-import errno
+import contextlib
 import json
-import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import floats
+from .copies import BackgroundCopies, pwrite_all
 from .errors import UsageError, UserError
 from .limits import check_config, check_folder_files, inside
 from .official import notice, runtime_notes
@@ -163,6 +163,7 @@ class Checkpoint:
         self._info: dict[str, TensorInfo] = {}
         self._offsets: dict[str, tuple[int, int]] = {}  # safetensors: [begin, end) in the file
         self._bin: dict[Path, dict] = {}  # .bin files, memory-mapped by torch.load
+        self._blocks = floats.Scratch()  # byte_blocks(reuse=True)
         self._index_weights()
         from .lora import merge_for  # --lora: adapters merged as each tensor is read
 
@@ -265,19 +266,21 @@ class Checkpoint:
         raise UserError(f"{self._where[name]}: tensor {name} holds NaN or infinite values (a damaged "
                         "or diverged checkpoint); refusing to write a model from it")
 
-    def byte_blocks(self, name: str, max_bytes: int = 16 << 20, reuse: bool = False):
+    def byte_blocks(self, name: str, max_bytes: int = 16 << 20, reuse: bool = False, source=None):
         """A safetensors tensor's stored bytes (see `stored`) as consecutive row blocks of at most
         ~max_bytes each (at least one row), read one block at a time and checked like `get`.
 
-        reuse: every block is a view of one buffer, valid until the next is read (for a caller that
-        writes each block out at once: a fresh 16 MB buffer per block cost 0.5 s of a 6.6 s fold)."""
+        reuse: every block is a view of the checkpoint's one read buffer, valid until the next block
+        of any tensor is read (for a caller that writes each block out at once: a fresh 16 MB buffer
+        per block cost 0.5 s of a 6.6 s fold; see floats.Scratch).
+        source: the tensor's shard, already open (else opened here, for this tensor)."""
         info = self.info(name)
         path, (begin, end) = self._where[name], self._offsets[name]
         rows = info.shape[0] if info.shape else 1
         row_bytes = (end - begin) // rows if rows else 0
         step = max(1, max_bytes // row_bytes) if row_bytes else 1
-        buffer = memoryview(bytearray(min(step, rows) * row_bytes)) if reuse else None
-        with self._open(path, name) as f:
+        buffer = self._blocks.view(min(step, rows) * row_bytes) if reuse else None
+        with contextlib.nullcontext(source) if source else self._open(path, name) as f:
             for start in range(0, rows if row_bytes else 0, step):
                 size = min(step, rows - start) * row_bytes
                 data = buffer[:size] if reuse else bytearray(size)
@@ -323,23 +326,26 @@ class Checkpoint:
         for data in self.byte_blocks(name, max_bytes):
             yield torch.frombuffer(data, dtype=info.dtype.torch).reshape(-1, *info.shape[1:])
 
-    def copy_bytes(self, name: str, out_fd: int, max_bytes: int = 16 << 20) -> None:
-        """Append the tensor's stored bytes to the file descriptor `out_fd`, block by block: no
-        decode or re-encode, only the finiteness check `get` makes.
+    def copy_bytes(self, name: str, out_fd: int, at: int, copies: BackgroundCopies,
+                   max_bytes: int = 16 << 20) -> int:
+        """Put the tensor's stored bytes at offset `at` of `out_fd`: no decode or re-encode, only the
+        finiteness check `get` makes; returns the offset after them.
 
-        From safetensors each block is read and checked, then the kernel copies the same file range
-        (copy_file_range, as `cp` does): writing the bytes from user memory took 1.9 s of a 4.3 s
-        `--to llama` of 910 MB on an idle machine, where `cp -r` took 0.54 s."""
+        From safetensors the kernel copies the file range (copy_file_range, as `cp` does) in the
+        `copies` thread while this one reads and checks the same range: writing the bytes from user
+        memory took 1.9 s of a 4.3 s `--to llama` of 910 MB on an idle machine, where `cp -r` took
+        0.54 s, and in one thread the reads, checks and copies add up."""
         if self.stored(name):
-            path, (offset, _) = self._where[name], self._offsets[name]
+            path, (begin, end) = self._where[name], self._offsets[name]
             with self._open(path, name) as source:
-                for data in self.byte_blocks(name, max_bytes, reuse=True):
-                    copy_range(source, offset, data, out_fd, name)
-                    offset += len(data)
-            return
+                copies.add(source, begin, end - begin, at, name)
+                for _ in self.byte_blocks(name, max_bytes, reuse=True, source=source):
+                    pass
+            return at + end - begin
         dtype = self.info(name).dtype  # a --lora merge gives float32: rounded once to the stored dtype
         for block in self.row_chunks(name, max_bytes):
-            write_all(out_fd, as_bytes(block, dtype))
+            at = pwrite_all(out_fd, as_bytes(block, dtype), at)
+        return at
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -364,32 +370,6 @@ def check_bin_archive(path: Path) -> None:
         inflated = sum(e.file_size for e in entries)
         raise UserError(f"{path}: archive would inflate {size} bytes to {inflated}; torch.save never compresses, "
                         "refusing to load it")
-
-
-def copy_range(source, offset: int, data, out_fd: int, name: str) -> None:
-    """Append `len(data)` bytes of the file `source` from `offset` to `out_fd` in the kernel; `data` is
-    those bytes as read (and checked), written from memory where the kernel cannot copy."""
-    done = 0
-    if not hasattr(os, "copy_file_range"):  # Linux only
-        write_all(out_fd, data)
-        return
-    try:
-        while done < len(data):
-            n = os.copy_file_range(source.fileno(), out_fd, len(data) - done, offset + done)
-            if n == 0:
-                raise UserError(f"{source.name}: truncated while reading tensor {name}")
-            done += n
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
-            raise  # a write error (ENOSPC, EIO) is the output's, as from write_all
-        write_all(out_fd, memoryview(data)[done:])
-
-
-def write_all(fd: int, data) -> None:
-    """os.write until every byte of `data` is written (one call may write part of it)."""
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view):]
 
 
 TOKENIZER_FILES = (

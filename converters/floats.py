@@ -9,7 +9,8 @@ factor), so it never imports torch. The results are bit-identical to torch's
   formula, which also carries overflow to infinity; NaN cannot occur (inputs are checked finite and
   a fold's factors are finite and non-zero), so torch's NaN branch is left out;
 - float16 <-> float32 is numpy's cast, round to nearest even like torch's.
-A value is not finite when its exponent bits are all ones: one mask and compare over the raw bits.
+A value is not finite when its exponent bits are all ones, i.e. when its magnitude bits are at least
+the all-ones exponent (infinity; NaN above it).
 """
 from __future__ import annotations
 
@@ -20,15 +21,25 @@ from .tensors import BF16, BY_CODE, F16, F32, DType
 CODECS = (F32, F16, BF16)  # what decode and encode take
 BITS = {F32: np.uint32, F16: np.uint16, BF16: np.uint16, BY_CODE["F64"]: np.uint64}
 EXPONENT = {F32: 0x7F800000, F16: 0x7C00, BF16: 0x7F80, BY_CODE["F64"]: 0x7FF0000000000000}
+SLICE = 1 << 16  # elements per pass: 256 KB of float32 stays in cache (2.5x faster than 16 MB blocks)
+MAGNITUDE = {d: (1 << (8 * d.itemsize - 1)) - 1 for d in EXPONENT}  # every bit but the sign
 
 
 def finite(block, dtype: DType) -> bool:
-    """Whether every value in the raw bytes `block` of `dtype` is finite (non-float dtypes: True)."""
+    """Whether every value in the raw bytes `block` of `dtype` is finite (non-float dtypes: True):
+    the largest magnitude (the bits without the sign) is below the all-ones exponent, a cache-sized
+    slice at a time into one scratch array (mask-and-compare over 16 MB blocks made two 16 MB
+    temporaries per block: 0.27 s of a 2.46 s `--to llama`)."""
     if dtype not in EXPONENT:
         return True
     bits = np.frombuffer(block, BITS[dtype])
-    mask = EXPONENT[dtype]
-    return not np.any((bits & mask) == mask)
+    magnitude, limit = BITS[dtype](MAGNITUDE[dtype]), EXPONENT[dtype]
+    scratch = np.empty(min(SLICE, bits.size), bits.dtype)
+    for start in range(0, bits.size, SLICE):
+        part = bits[start: start + SLICE]
+        if np.bitwise_and(part, magnitude, out=scratch[:part.size]).max() >= limit:
+            return False
+    return True
 
 
 def decode(block, dtype: DType) -> np.ndarray:
@@ -58,14 +69,12 @@ def encode(values: np.ndarray, dtype: DType) -> memoryview:
     return memoryview(values).cast("B")
 
 
-SLICE = 1 << 16  # elements per pass: 256 KB of float32 stays in cache (2.5x faster than 16 MB blocks)
 
-
-def scale(block, source: DType, factor: float, out: DType) -> bytearray:
+def scale(block, source: DType, factor: float, out: DType, into: Scratch | None = None) -> memoryview:
     """`factor * tensor` from the raw bytes of `source` to the raw bytes of `out`, in float32, a
-    cache-sized slice at a time."""
+    cache-sized slice at a time; the result lives in `into` (valid until its next use) if given."""
     data, n = memoryview(block).cast("B"), len(block) // source.itemsize
-    result = bytearray(n * out.itemsize)
+    result = (into or Scratch()).view(n * out.itemsize)
     for start in range(0, n, SLICE):
         stop = min(n, start + SLICE)
         values = decode(data[start * source.itemsize: stop * source.itemsize], source)
@@ -74,3 +83,19 @@ def scale(block, source: DType, factor: float, out: DType) -> bytearray:
                 values *= np.float32(factor)
         result[start * out.itemsize: stop * out.itemsize] = encode(values, out)
     return result
+
+
+class Scratch:
+    """A buffer reused block after block, grown when a block needs more.
+
+    In a new process every fresh 16 MB buffer is a fresh mapping whose pages fault in as they are
+    first written: `--to llama` of the 909 MB checkpoint took 0.94-1.21 s with a new buffer per block
+    and 0.71-0.82 s with glibc told to reuse its heap (MALLOC_MMAP_THRESHOLD_, same run, 8 each)."""
+
+    def __init__(self):
+        self._buffer = bytearray()
+
+    def view(self, nbytes: int) -> memoryview:
+        if len(self._buffer) < nbytes:
+            self._buffer = bytearray(nbytes)
+        return memoryview(self._buffer)[:nbytes]

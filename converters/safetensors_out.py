@@ -1,10 +1,12 @@
 """Write sharded safetensors one tensor at a time.
 
-The header is computed from shapes before any data is read. A tensor that is a checkpoint tensor
-times a factor (`OutTensor.source`) is never held whole: kept as is (factor 1, same dtype) its bytes
-are copied block by block, never decoded; otherwise row blocks of at most CHUNK_BYTES are read, scaled in
-float32, cast and appended. Other tensors are computed whole, one at a time. So memory stays at
-one block (or one computed tensor) whatever the model's size.
+The header is computed from shapes before any data is read, so every tensor's place in the file is
+known and each is written at its offset. A tensor that is a checkpoint tensor times a factor
+(`OutTensor.source`) is never held whole: kept as is (factor 1, same dtype) its bytes are copied by
+the kernel in a second thread (converters/copies.py) while this one reads and checks them, never
+decoded; otherwise row blocks of at most CHUNK_BYTES are read, scaled in float32, cast and written.
+Other tensors are computed whole, one at a time. So memory stays at one block (or one computed
+tensor) whatever the model's size.
 
 From safetensors shards the blocks go through numpy (converters/floats.py, bit-identical to torch),
 so a fold with no `.bin` and no --lora never imports torch: its start-up was most of the time of
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import floats
-from .checkpoint import write_all
+from .copies import BackgroundCopies, pwrite_all, write_all
 from .tensors import BF16, DType, OutTensor, as_bytes, nbytes
 
 CHUNK_BYTES = 16 << 20  # source bytes per scaled block: 64 MiB of float32 temporaries at most
@@ -48,31 +50,38 @@ def write_shard(path: Path, tensors: Iterable[OutTensor], dtype: DType,
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the format recommends
-    with open(path, "wb", buffering=0) as f:  # unbuffered: byte copies append at the fd's position
-        write_all(f.fileno(), struct.pack("<Q", len(raw)) + raw)
-        for t in tensors:
-            write_tensor(f, t, dtype)
-            if on_tensor:
-                on_tensor(t.name, nbytes(t, dtype))
+    with open(path, "wb", buffering=0) as f:
+        fd = f.fileno()
+        write_all(fd, struct.pack("<Q", len(raw)) + raw)
+        at = 8 + len(raw)
+        scaled = floats.Scratch()
+        with BackgroundCopies(fd) as copies:
+            for t in tensors:
+                at = write_tensor(fd, at, t, dtype, copies, scaled)
+                copies.check()
+                if on_tensor:
+                    on_tensor(t.name, nbytes(t, dtype))
 
 
-def write_tensor(f, t: OutTensor, dtype: DType) -> None:
-    """Append one tensor's data in `dtype` to the unbuffered file `f`."""
-    ckpt, fd = t.checkpoint, f.fileno()
+def write_tensor(fd: int, at: int, t: OutTensor, dtype: DType, copies: BackgroundCopies,
+                 scaled: floats.Scratch) -> int:
+    """Write one tensor's data in `dtype` at offset `at` of `fd`; returns the offset after it
+    (`scaled`: the buffer scaled blocks are written from)."""
+    ckpt = t.checkpoint
     if t.source is not None and ckpt is not None:
         if t.factor == 1.0 and t.source_dtype == dtype:
-            ckpt.copy_bytes(t.source, fd, CHUNK_BYTES)
-        elif ckpt.stored(t.source) and t.source_dtype in floats.CODECS and dtype in floats.CODECS:
+            return ckpt.copy_bytes(t.source, fd, at, copies, CHUNK_BYTES)
+        if ckpt.stored(t.source) and t.source_dtype in floats.CODECS and dtype in floats.CODECS:
             for block in ckpt.byte_blocks(t.source, CHUNK_BYTES, reuse=True):
-                write_all(fd, floats.scale(block, t.source_dtype, t.factor, dtype))
-        else:
-            for block in ckpt.row_chunks(t.source, CHUNK_BYTES):
-                write_all(fd, as_bytes(block.float() * t.factor if t.factor != 1.0 else block, dtype))
-        return
+                at = pwrite_all(fd, floats.scale(block, t.source_dtype, t.factor, dtype, scaled), at)
+            return at
+        for block in ckpt.row_chunks(t.source, CHUNK_BYTES):
+            at = pwrite_all(fd, as_bytes(block.float() * t.factor if t.factor != 1.0 else block, dtype), at)
+        return at
     value = t.make()
     if tuple(value.shape) != t.shape:
         raise AssertionError(f"{t.name}: computed shape {tuple(value.shape)} != planned {t.shape}")
-    write_all(fd, as_bytes(value, dtype))
+    return pwrite_all(fd, as_bytes(value, dtype), at)
 
 
 def write_sharded(out_dir: Path, tensors: list[OutTensor], dtype: DType, max_shard_bytes: int,

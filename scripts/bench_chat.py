@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Chat generation speed: `minicpm chat`'s generator against each backend's own generation.
 
-    python scripts/bench_chat.py [--work /tmp/minicpm-bench-chat] [--layers 12] [--tokens 64] [--reps 3]
+    python scripts/bench_chat.py [--work /tmp/minicpm-bench-chat] [--layers 12] [--tokens 64] [--reps 4]
 
 Builds (once, cached in --work; scripts/bench_checkpoint.py) a random-weight MiniCPM with MiniCPM-1B's
 widths (hidden 1536, 24 heads, 8 KV heads, FFN 3840, 12 layers = 955 MB, tied embeddings) and the real
@@ -16,7 +16,8 @@ converts it to GGUF q8_0 and q4_0, and times one chat turn (prompt rendered with
 
 Time to first token (TTFT) includes the prompt's prefill; decode tokens/s counts tokens after the first.
 Replies never stop early (stop ids off / min_new_tokens), so both sides generate --tokens tokens.
-Ratios are ours / theirs: above 1 means faster for decode, below 1 means faster for TTFT.
+Ratios are ours / theirs: above 1 means faster for decode, below 1 means faster for TTFT. Reps
+alternate which side runs first (a first run pays for cold caches; use an even --reps).
 """
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ def bench_gguf(path: Path, args) -> list[dict]:
 
 def compare(name: str, ours, theirs, reps: int) -> list[dict]:
     runs = {"ours": [], "theirs": []}
-    for _ in range(reps):  # interleaved, so machine load hits both alike
-        runs["ours"].append(ours())
-        runs["theirs"].append(theirs())
+    for rep in range(reps):  # interleaved, so machine load hits both alike; who goes first alternates
+        first, second = ("ours", ours), ("theirs", theirs)
+        for side, run in (first, second) if rep % 2 == 0 else (second, first):
+            runs[side].append(run())
     med = {k: [statistics.median(r[i] for r in v) for i in range(3)] for k, v in runs.items()}
     row = {"case": name, "ours_ttft_s": med["ours"][0], "ref_ttft_s": med["theirs"][0],
            "ours_tok_s": med["ours"][1], "ref_tok_s": med["theirs"][1],
@@ -180,7 +182,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/minicpm-bench-chat"))
     p.add_argument("--layers", type=int, default=12, help="12: the 955 MB checkpoint; MiniCPM-1B has 52")
     p.add_argument("--tokens", type=int, default=64, help="tokens generated per run")
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=4)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-gguf", action="store_true")

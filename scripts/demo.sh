@@ -3,7 +3,12 @@
 # trains on the documentation topics every Python install ships, and is measured on a held-out part.
 set -euo pipefail
 D=${1:-demo}
-rm -rf "$D" && mkdir -p "$D"
+# D is replaced only when an earlier demo made it (its marker file): never a user's folder, `.` or $HOME
+if [[ -e $D && ! -f $D/.minicpm-demo ]]; then
+  echo "demo: $D exists and is not an earlier demo output; name another folder (make demo DEMO=path)" >&2
+  exit 2
+fi
+rm -rf "$D" && mkdir -p "$D" && touch "$D/.minicpm-demo"
 show() {  # the command as one would type it: arguments with spaces or ? in quotes
   local arg line=""
   for arg in "$@"; do [[ $arg == *[[:space:]?]* ]] && arg="\"$arg\""; line+=" $arg"; done

@@ -50,14 +50,17 @@ def test_scaling_stored_bytes_is_bit_identical_to_torch(source, out, factor, mon
 
 
 @pytest.mark.parametrize("dtype", FLOATS + [DType.of(torch.float64)], ids=str)
-def test_finiteness_is_read_from_the_exponent_bits_as_torch_sees_it(dtype):
+def test_finiteness_is_read_from_the_exponent_bits_as_torch_sees_it(dtype, monkeypatch):
+    """In slices of 777 elements: a damaged value in the first, a middle or the ragged last slice."""
+    monkeypatch.setattr(floats, "SLICE", 777)
     values = awkward_values().to(torch.float64)
     values = values[torch.isfinite(values.to(dtype.torch))]
-    assert floats.finite(raw(values.to(dtype.torch)), dtype)
+    assert len(values) % 777 and floats.finite(raw(values.to(dtype.torch)), dtype)
     for bad in (float("inf"), float("-inf"), float("nan")):
-        damaged = values.clone()
-        damaged[1234] = bad
-        assert not floats.finite(raw(damaged.to(dtype.torch)), dtype), bad
+        for where in (0, 1234, len(values) - 1):
+            damaged = values.clone()
+            damaged[where] = bad
+            assert not floats.finite(raw(damaged.to(dtype.torch)), dtype), (bad, where)
     assert floats.finite(np.arange(10, dtype=np.int64).tobytes(), DType.of(torch.int64))  # not a float type
 
 
@@ -96,24 +99,24 @@ print("torch imported:", "torch" in sys.modules)
             assert torch.equal(f.get_tensor(t.name), t.make().to(torch.float32)), t.name
 
 
-def test_a_byte_copy_the_kernel_gives_up_part_way_is_finished_from_the_bytes_read(tiny, cli, tmp_path,
-                                                                                  monkeypatch):
+def test_a_byte_copy_the_kernel_gives_up_part_way_is_finished_by_reading_and_writing(tiny, cli, tmp_path,
+                                                                                      monkeypatch):
     """Unchanged tensors go file to file by copy_file_range; where the kernel cannot (another file
-    system, an old kernel) after copying part of a block, the rest comes from the bytes read."""
+    system, an old kernel) after copying part of a block, the rest is read and written."""
     import errno
     import os
 
-    import converters.safetensors_out as writer
+    import converters.copies as copies
 
     src = tiny("dense-gqa-tied")
-    monkeypatch.setattr(writer, "CHUNK_BYTES", 3000)  # many blocks per tensor
+    monkeypatch.setattr(copies, "BLOCK", 3000)  # many blocks per tensor
     assert cli("convert", src, "--to", "llama", "-o", tmp_path / "kernel").code == 0
     calls = []
 
     def gives_up(src_fd, dst_fd, count, offset_src=None, offset_dst=None):
         calls.append(count)
         if len(calls) % 2:  # every other call copies 100 bytes, the next one fails
-            return os.copy_file_range(src_fd, dst_fd, min(count, 100), offset_src)
+            return os.copy_file_range(src_fd, dst_fd, min(count, 100), offset_src, offset_dst)
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "copy_file_range", gives_up)

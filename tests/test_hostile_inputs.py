@@ -284,12 +284,12 @@ def test_a_bin_that_is_not_a_bounded_state_dict_is_one_line(damage, needle, verb
 
 
 # --- NaN / inf weights -----------------------------------------------------------------------------
-def poison(model: Path, value: float) -> str:
+def poison(model: Path, value: float, tensor: str = "o_proj.weight") -> str:
     from safetensors.torch import load_file, save_file
 
     shard = sorted(model.glob("model-*.safetensors"))[0]
     state = load_file(shard)
-    name = sorted(n for n in state if n.endswith("o_proj.weight"))[0]
+    name = sorted(n for n in state if n.endswith(tensor))[0]
     state[name][0, 0] = value
     save_file(state, shard)
     return name
@@ -303,6 +303,14 @@ def test_non_finite_weights_are_an_error_for_writers(verb, value, cli, model, tm
             "convert-gguf": ["convert", model, "--to", "gguf", "-o", tmp_path / "out"],
             "quantize": ["quantize", model, "--method", "gptq", "-o", tmp_path / "out"]}[verb]
     assert_one_line_error(cli(*args), name, "NaN or infinite values", code=1)
+    assert_no_out(tmp_path)
+
+
+def test_a_non_finite_weight_copied_as_bytes_is_an_error_and_leaves_nothing(cli, model, tmp_path):
+    """q_proj is unchanged by the fold: the kernel copies it in a second thread while it is checked."""
+    name = poison(model, float("inf"), "q_proj.weight")
+    assert_one_line_error(cli("convert", model, "--to", "llama", "-o", tmp_path / "out"), name,
+                          "NaN or infinite values", code=1)
     assert_no_out(tmp_path)
 
 

@@ -290,3 +290,18 @@ def test_json_onto_a_full_disk_is_one_line(cli, workdir, mounted):
     r = cli("inspect", workdir / "model", "--json", folder / "info.json")
     assert_one_line_error(r, "info.json", "could not write output", "No space left", code=1)
     assert leftovers(folder, "info.json") == []
+
+
+# --- make demo ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["user folder", "."])
+def test_make_demo_never_replaces_a_folder_it_did_not_make(where, workdir):
+    """`make demo DEMO=path` replaces only an earlier demo output (its marker file); a user's folder or
+    the current one is refused before anything is written, left byte for byte."""
+    target = user_folder(workdir / "mine") if where == "user folder" else Path(".")
+    before = snapshot(workdir)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), str(target)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert done.stderr.strip() == (f"demo: {target} exists and is not an earlier demo output; "
+                                   "name another folder (make demo DEMO=path)")
+    assert snapshot(workdir) == before
