@@ -418,3 +418,26 @@ def test_cpu_gptq_solve_is_the_librarys_own(tiny, tmp_path, monkeypatch):
     assert ours.keys() == library.keys() and len(weights) == 7
     for name in weights:
         assert (ours[name] != library[name]).float().mean() < 0.01, name
+
+
+@pytest.mark.parametrize("method, user_policy, spin", [("awq", None, "0"), ("gptq", None, "300000"),
+                                                       ("awq", "ACTIVE", "30000000000")])
+def test_awq_sets_passive_openmp_wait_before_torch_loads(tiny, tmp_path, method, user_policy, spin):
+    """`quantize --method awq` makes torch's OpenMP workers sleep when they wait (for speed on shared
+    cores: see minicpm_cli.quantize.passive_thread_wait). Read back from libgomp itself, which prints
+    its settings when it loads under OMP_DISPLAY_ENV: spin count 0 for awq, libgomp's default for gptq,
+    and a user's own OMP_WAIT_POLICY kept. --bits 3 stops the run right after torch has loaded."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"OMP_DISPLAY_ENV": "VERBOSE"}
+    if user_policy:
+        env["OMP_WAIT_POLICY"] = user_policy
+    run = subprocess.run([sys.executable, "-m", "minicpm_cli", "quantize", tiny("dense-gqa-tied"), "--method", method,
+                          "--bits", "3", "-o", tmp_path / "out"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and f"--bits 3: {method} can do 4 or 8 bits" in run.stderr, run.stderr
+    assert f"GOMP_SPINCOUNT = '{spin}'" in run.stderr, run.stderr
+    assert not (tmp_path / "out").exists()
