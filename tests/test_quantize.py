@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_one_line_error, shared_path
+from conftest import ROOT, assert_one_line_error, shared_path
 
 WIKI = ("data", "wikitext-2-raw-v1")
 CTX = 512
@@ -427,12 +428,6 @@ def test_awq_sets_passive_openmp_wait_before_torch_loads(tiny, tmp_path, method,
     cores: see minicpm_cli.quantize.passive_thread_wait). Read back from libgomp itself, which prints
     its settings when it loads under OMP_DISPLAY_ENV: spin count 0 for awq, libgomp's default for gptq,
     and a user's own OMP_WAIT_POLICY kept. --bits 3 stops the run right after torch has loaded."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"OMP_DISPLAY_ENV": "VERBOSE"}
     if user_policy:
         env["OMP_WAIT_POLICY"] = user_policy
