@@ -11,7 +11,7 @@ and the caller's writes need no order between them. Invariants:
 - each copy reads only the range it is given, from a descriptor the caller opened (a duplicate, so
   the caller closes its own when it likes); the thread never opens a file;
 - an error in the thread (ENOSPC, EIO, a truncated source) is raised in the caller at its next
-  `check()` or when the `with` block ends; an error or interrupt in the caller stops the thread
+  `check()` (after each tensor) or when the `with` block ends; an error or interrupt in the caller stops the thread
   after the block it is copying, before the output file is closed (nothing writes to a closed or
   reused descriptor);
 - where the kernel cannot copy (another file system, an old kernel), the thread reads and writes.
@@ -42,7 +42,6 @@ class BackgroundCopies:
 
     def add(self, source, offset: int, length: int, at: int, name: str) -> None:
         """Copy `length` bytes of the open file `source` from `offset` to `at` in the output."""
-        self.check()
         fd = os.dup(source.fileno())
         self._jobs.put((fd, source.name, offset, length, at, name))
 
@@ -88,13 +87,6 @@ class BackgroundCopies:
         self._thread.join()
         if kind is None:
             self.check()
-
-
-def write_all(fd: int, data) -> None:
-    """os.write until every byte of `data` is written (one call may write part of it)."""
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def pwrite_all(fd: int, data, at: int) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import floats
-from .copies import BackgroundCopies, pwrite_all, write_all
+from .copies import BackgroundCopies, pwrite_all
 from .tensors import BF16, DType, OutTensor, as_bytes, nbytes
 
 CHUNK_BYTES = 16 << 20  # source bytes per scaled block: 64 MiB of float32 temporaries at most
@@ -52,8 +52,7 @@ def write_shard(path: Path, tensors: Iterable[OutTensor], dtype: DType,
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the format recommends
     with open(path, "wb", buffering=0) as f:
         fd = f.fileno()
-        write_all(fd, struct.pack("<Q", len(raw)) + raw)
-        at = 8 + len(raw)
+        at = pwrite_all(fd, struct.pack("<Q", len(raw)) + raw, 0)
         scaled = floats.Scratch()
         with BackgroundCopies(fd) as copies:
             for t in tensors:
