@@ -89,8 +89,9 @@ class Scratch:
     """A buffer reused block after block, grown when a block needs more.
 
     In a new process every fresh 16 MB buffer is a fresh mapping whose pages fault in as they are
-    first written: `--to llama` of the 909 MB checkpoint took 0.94-1.21 s with a new buffer per block
-    and 0.71-0.82 s with glibc told to reuse its heap (MALLOC_MMAP_THRESHOLD_, same run, 8 each)."""
+    first written: `--to llama` of the 909 MB checkpoint took 0.90-1.21 s (median 1.03) with a new
+    buffer per block and 0.71-0.97 s (median 0.75) with glibc told to reuse its heap
+    (MALLOC_MMAP_THRESHOLD_, alternating, 8 runs each)."""
 
     def __init__(self):
         self._buffer = bytearray()
