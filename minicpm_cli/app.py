@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import signal
 import sys
 
@@ -26,14 +27,19 @@ def _root() -> None:
     """Convert, quantize, measure and chat with MiniCPM models."""
 
 
+def reflowed(verb) -> str:
+    """A verb's docstring as --help prose: typer keeps the source's line breaks inside every paragraph
+    after the first, so `quantize --help` printed 90-column source lines re-wrapped at the terminal's."""
+    paragraphs = inspect.cleandoc(verb.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
 # Each verb lives in its own module, which never imports this one; the table below registers them.
 from . import chat, convert, eval_ppl, inspect_verb, quantize  # noqa: E402
 
-app.command()(chat.chat)
-app.command()(convert.convert)
-app.command("eval-ppl")(eval_ppl.eval_ppl)
-app.command()(inspect_verb.inspect)
-app.command()(quantize.quantize)
+for name, verb in (("chat", chat.chat), ("convert", convert.convert), ("eval-ppl", eval_ppl.eval_ppl),
+                   ("inspect", inspect_verb.inspect), ("quantize", quantize.quantize)):
+    app.command(name, help=reflowed(verb))(verb)
 
 
 class Terminated(KeyboardInterrupt):

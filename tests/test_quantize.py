@@ -436,3 +436,16 @@ def test_awq_sets_passive_openmp_wait_before_torch_loads(tiny, tmp_path, method,
     assert run.returncode == 2 and f"--bits 3: {method} can do 4 or 8 bits" in run.stderr, run.stderr
     assert f"GOMP_SPINCOUNT = '{spin}'" in run.stderr, run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_quantize_help_prints_the_memory_paragraph_as_prose(cli):
+    """--help reflows each paragraph of a verb's docstring (typer kept the source's line breaks, so
+    the memory paragraph came out as ragged 90-column lines re-wrapped at the terminal's width)."""
+    result = cli("quantize", "--help")
+    assert result.code == 0, result
+    lines = [line.strip() for line in result.out.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Memory."))
+    paragraph = lines[start: lines.index("", start)]
+    assert " ".join(paragraph).endswith("On the CPU, torch's threads (all cores) bound the speed.")
+    width = max(map(len, paragraph))
+    assert all(len(line) > width - 20 for line in paragraph[:-1]), paragraph  # filled, not ragged
