@@ -256,9 +256,7 @@ class Checkpoint:
         return torch.empty(info.shape, dtype=info.dtype.torch)  # no elements
 
     def _finite(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        if self.check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if self.check_finite and not floats.tensor_finite(t):
             self._not_finite(name)
         return t
 

@@ -297,25 +297,10 @@ def load_hf(path: Path | str, device: str = "cpu", dtype: torch.dtype | None = N
 
 
 def non_finite_parameters(model) -> list[str]:
-    """Parameters holding NaN/inf. On the CPU the raw bits are read in place (converters.floats):
-    `torch.isfinite(p).all()` builds temporaries of ~2.4x the tensor's bytes, which for the 377 MB
-    bf16 embedding of a MiniCPM-1B-width model was most of quantize's 1.9 GB peak (a 0.45 GB model)."""
-    from converters import floats
-    from converters.tensors import BY_NAME
+    from converters.floats import tensor_finite
 
-    bad = []
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not p.is_floating_point():
-                continue
-            dtype = BY_NAME.get(str(p.dtype).removeprefix("torch."))
-            if p.device.type == "cpu" and p.is_contiguous() and dtype in floats.EXPONENT:
-                finite = floats.finite(p.view(torch.uint8).reshape(-1).numpy(), dtype)
-            else:
-                finite = all(bool(torch.isfinite(rows).all()) for rows in p.reshape(-1).split(1 << 22))
-            if not finite:
-                bad.append(name)
-    return bad
+        return [name for name, p in model.named_parameters() if not tensor_finite(p)]
 
 
 def warn_non_finite(model, where) -> None:

@@ -479,3 +479,15 @@ def test_each_config_value_of_the_wrong_type_is_one_line(key, value, verb, cli, 
     edit_json(model / "config.json", **{key: value})
     r = convert_gguf(cli, model, tmp_path) if verb == "convert" else cli("inspect", model)
     assert_one_line_error(r, "config.json", key, code=1)
+
+
+@pytest.mark.parametrize("tensor", ["q_proj.weight", "o_proj.weight"])  # copied as stored; scaled in float32
+def test_a_non_finite_weight_in_a_bin_is_an_error_for_convert(tensor, cli, bin_model, tmp_path):
+    """`.bin` tensors are checked by floats.tensor_finite, on their raw bits in place."""
+    state = torch.load(bin_model / "pytorch_model.bin", weights_only=True)
+    name = sorted(n for n in state if n.endswith(tensor))[0]
+    state[name][0, 0] = float("nan")
+    torch.save(state, bin_model / "pytorch_model.bin")
+    assert_one_line_error(cli("convert", bin_model, "--to", "llama", "-o", tmp_path / "out"), name,
+                          "NaN or infinite values", code=1)
+    assert_no_out(tmp_path)
